@@ -1,0 +1,91 @@
+-- The lake's contract: one CREATE TABLE per table. Nothing is stored in these tables; proxyreward reads
+-- them to know each table's columns, types, NOT NULL and CHECK rules and key (PRIMARY KEY), validates
+-- every frame against them before it is committed, and exposes the Parquet files as views of the same
+-- shape. Add columns freely (nullable ones need no migration: older files read them as NULL).
+-- A table with an `iteration` column is partitioned by it (tables/<table>/iteration=<n>/);
+-- one without is stored under iteration=0.
+
+CREATE TABLE meta_questions (
+    question_id VARCHAR NOT NULL,
+    text        VARCHAR NOT NULL CHECK (length(trim(text)) > 0),
+    domain      VARCHAR NOT NULL,
+    split       VARCHAR NOT NULL CHECK (split IN ('train', 'eval')),
+    source      VARCHAR NOT NULL,
+    context     VARCHAR,                 -- optional reference text (LongReward judges faithfulness against it)
+    PRIMARY KEY (question_id)
+);
+
+CREATE TABLE proxy_questions (
+    question_id  VARCHAR NOT NULL,
+    statement_id VARCHAR NOT NULL,       -- '<question_id>:<nn>', unique over the table
+    position     INTEGER NOT NULL,       -- 1-based order within the question, as numbered for the judge
+    statement    VARCHAR NOT NULL CHECK (length(trim(statement)) > 0),
+    answer       BOOLEAN NOT NULL,
+    source       VARCHAR NOT NULL,
+    PRIMARY KEY (statement_id)
+);
+
+CREATE TABLE rollouts (
+    iteration     BIGINT  NOT NULL,
+    rollout_id    VARCHAR NOT NULL,
+    question_id   VARCHAR NOT NULL,
+    policy        VARCHAR NOT NULL,      -- base model + adapter hash that wrote it
+    sample_index  INTEGER NOT NULL,
+    response      VARCHAR NOT NULL,
+    n_tokens      INTEGER NOT NULL,
+    finish_reason VARCHAR,
+    PRIMARY KEY (iteration, rollout_id)
+);
+
+CREATE TABLE judgments (
+    iteration    BIGINT  NOT NULL,
+    rollout_id   VARCHAR NOT NULL,
+    statement_id VARCHAR NOT NULL,
+    judge        VARCHAR NOT NULL,
+    predicted    BOOLEAN,                -- NULL: the judge said Unknown, or could not answer
+    status       VARCHAR NOT NULL CHECK (status IN ('ok', 'unknown', 'failed')),
+    prompt_hash  VARCHAR NOT NULL,
+    PRIMARY KEY (iteration, rollout_id, statement_id, judge)
+);
+
+CREATE TABLE scores (
+    iteration   BIGINT  NOT NULL,
+    rollout_id  VARCHAR NOT NULL,
+    question_id VARCHAR NOT NULL,
+    reward      VARCHAR NOT NULL,        -- proxy_accuracy, proxy_precision, llm_judge, longreward, ...
+    score       DOUBLE,                  -- NULL when status = 'failed'
+    status      VARCHAR NOT NULL CHECK (status IN ('ok', 'failed')),
+    PRIMARY KEY (iteration, rollout_id, reward)
+);
+
+CREATE TABLE pairs (
+    iteration           BIGINT  NOT NULL,
+    question_id         VARCHAR NOT NULL,
+    chosen_rollout_id   VARCHAR NOT NULL,
+    rejected_rollout_id VARCHAR NOT NULL,
+    chosen_score        DOUBLE  NOT NULL,
+    rejected_score      DOUBLE  NOT NULL,
+    score_variance      DOUBLE  NOT NULL,
+    PRIMARY KEY (iteration, question_id)
+);
+
+CREATE TABLE runs (
+    iteration   BIGINT  NOT NULL,
+    run_id      VARCHAR NOT NULL,
+    stage       VARCHAR NOT NULL,
+    status      VARCHAR NOT NULL CHECK (status IN ('running', 'finished', 'failed')),
+    started_at  TIMESTAMP NOT NULL,
+    finished_at TIMESTAMP,
+    config      VARCHAR,                 -- JSON
+    metrics     VARCHAR,                 -- JSON
+    PRIMARY KEY (run_id)
+);
+
+CREATE TABLE evaluations (
+    iteration   BIGINT  NOT NULL,
+    policy      VARCHAR NOT NULL,
+    question_id VARCHAR NOT NULL,
+    reward      VARCHAR NOT NULL,
+    score       DOUBLE,
+    PRIMARY KEY (iteration, policy, question_id, reward)
+);
