@@ -1,0 +1,172 @@
+"""`proxyreward` command line: each subcommand is one typed function, parsed by jsonargparse.
+
+`--config FILE` works on every subcommand: a YAML file (see configs/) whose top-level keys are the
+sections of the whole pipeline; each subcommand takes the keys it has parameters for and ignores the
+rest, and flags given after it override it (`--judge.model X`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import yaml
+
+from . import dataset, query, tiny
+from .errors import ProxyRewardError
+
+
+def tiny_model(out: str, tiny: tiny.TinyModelConfig = tiny.TinyModelConfig()) -> None:
+    """Build an offline tiny tokenizer + Llama model and save it with save_pretrained.
+
+    Args:
+        out: output folder.
+        tiny: shape and warm-up of the model.
+    """
+    from . import tiny as tiny_module
+
+    tiny_module.build(out, tiny)
+
+
+# name -> (function, parameters taken as positional arguments); a dict nests subcommands.
+COMMANDS: dict[str, Any] = {
+    "seed": (dataset.seed, ()),
+    "import": (dataset.import_dataset, ("path",)),
+    "export": (dataset.export, ("table", "path")),
+    "sql": (query.sql, ("query",)),
+    "lake": {"status": (query.lake_status, ())},
+    "tiny-model": (tiny_model, ("out",)),
+}
+
+
+def _summary(fn: Callable) -> str:
+    return (inspect.getdoc(fn) or "").split("\n\n")[0].replace("\n", " ")
+
+
+def _param_docs(fn: Callable) -> dict[str, str]:
+    from docstring_parser import parse
+
+    return {p.arg_name: p.description or "" for p in parse(inspect.getdoc(fn) or "").params}
+
+
+def _add_command(parser, name: str, fn: Callable, positional: tuple[str, ...]) -> None:
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    sub = ArgumentParser(description=inspect.getdoc(fn), exit_on_error=True)
+    sub.add_argument("--config", action=ActionConfigFile,
+                     help="YAML config (configs/*.yaml); keys this command does not take are ignored")
+    params = inspect.signature(fn).parameters
+    docs = _param_docs(fn)
+    for p in positional:
+        param = params[p]
+        optional = param.default is not inspect.Parameter.empty
+        ann = param.annotation
+        kind = str if isinstance(ann, str) or ann is inspect.Parameter.empty else ann
+        if optional:
+            sub.add_argument(p, type=str, nargs="?", help=docs.get(p, ""))
+        else:
+            sub.add_argument(p, type=kind, help=docs.get(p, ""))
+    sub.add_function_arguments(fn, skip=set(positional))
+    parser.add_subcommand(name, sub, help=_summary(fn))
+
+
+def build_parser():
+    from jsonargparse import ArgumentParser
+
+    root = ArgumentParser(prog="proxyreward", description=(
+        "Targeted proxy-QA rewards and DPO with LoRA for long-form generation (ProxyReward). "
+        "Every command takes --lake PATH (default: $PROXYREWARD_LAKE or datalake/) and --config FILE."))
+
+    def add_level(parser, commands: dict) -> None:
+        subs = parser.add_subcommands(required=True)
+        nested = []
+        for name, entry in commands.items():
+            if isinstance(entry, dict):
+                child = ArgumentParser()
+                subs.add_subcommand(name, child, help=f"{name} commands: {', '.join(entry)}")
+                nested.append((child, entry))
+            else:
+                _add_command(subs, name, *entry)
+        for child, entry in nested:
+            add_level(child, entry)
+
+    add_level(root, COMMANDS)
+    return root
+
+
+def _resolve(argv: list[str]) -> tuple[list[str], Callable | None]:
+    """The subcommand path at the start of argv, and its function."""
+    level, path = COMMANDS, []
+    for arg in argv:
+        entry = level.get(arg) if isinstance(level, dict) else None
+        if entry is None:
+            break
+        path.append(arg)
+        if not isinstance(entry, dict):
+            return path, entry[0]
+        level = entry
+    return path, None
+
+
+def filter_config(fn: Callable, text: str) -> dict:
+    """The keys of a pipeline config that `fn` has parameters for."""
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ProxyRewardError("a config file holds a mapping of sections")
+    params = inspect.signature(fn).parameters
+    return {k: v for k, v in data.items() if k in params}
+
+
+def _rewrite_config(argv: list[str], fn: Callable) -> list[str]:
+    out, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        value = None
+        if arg == "--config" and i + 1 < len(argv):
+            value, i = argv[i + 1], i + 2
+        elif arg.startswith("--config="):
+            value, i = arg.split("=", 1)[1], i + 1
+        else:
+            out.append(arg)
+            i += 1
+            continue
+        text = open(value, encoding="utf-8").read() if os.path.exists(value) else value
+        out += ["--config", yaml.safe_dump(filter_config(fn, text)) or "{}"]
+    return out
+
+
+def _call(fn: Callable, namespace) -> Any:
+    kwargs = {k: v for k, v in vars(namespace).items() if k in inspect.signature(fn).parameters}
+    return fn(**kwargs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    path, fn = _resolve(argv)
+    if fn is not None:
+        argv = path + _rewrite_config(argv[len(path):], fn)
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    init = parser.instantiate(ns)
+    for name in path:
+        init = init[name]
+    try:
+        _call(fn, init)
+    except ProxyRewardError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # DuckDB's own message for SQL errors, not a traceback
+        import duckdb
+
+        if isinstance(exc, duckdb.Error):
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Every YAML in configs/ parses against the commands that read it, so configs cannot rot."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import yaml
+
+from proxyreward_pl.__main__ import COMMANDS, build_parser, filter_config
+from proxyreward_pl.paths import CONFIGS_DIR
+
+CONFIGS = sorted(CONFIGS_DIR.glob("*.yaml"))
+
+
+def _commands(level=COMMANDS, path=()):
+    for name, entry in level.items():
+        if isinstance(entry, dict):
+            yield from _commands(entry, path + (name,))
+        else:
+            yield path + (name,), entry[0], entry[1]
+
+
+def test_there_are_configs():
+    assert any(c.name == "tiny.yaml" for c in CONFIGS)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+def test_every_key_is_read_by_some_command(config):
+    keys = set(yaml.safe_load(config.read_text()))
+    taken = {p for _, fn, _ in _commands() for p in inspect.signature(fn).parameters}
+    assert keys <= taken, f"{config.name}: no command takes {sorted(keys - taken)}"
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+def test_config_parses_for_every_command(config):
+    parser = build_parser()
+    text = config.read_text()
+    for path, fn, positional in _commands():
+        args = list(path) + ["x"] * sum(inspect.signature(fn).parameters[p].default is inspect.Parameter.empty
+                                        for p in positional)
+        section = filter_config(fn, text)
+        ns = parser.parse_args(args + ["--config", yaml.safe_dump(section) or "{}"])
+        init = parser.instantiate(ns)
+        for name in path:
+            init = init[name]
+        for key, value in section.items():
+            got = init[key]
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    assert getattr(got, k) == v, (config.name, path, key, k)
+            else:
+                assert got == value
