@@ -1,0 +1,243 @@
+"""DPO with LoRA as a LightningModule.
+
+One concatenated forward scores chosen and rejected answers together; the LM head runs only on answer
+tokens (`losses.fused_sequence_logps`). The reference is either log-probs persisted with the pairs
+(`reference="precomputed"`, the default: computed once, before any update, by `reference_logps`) or
+the same model with its adapter disabled, on the fly. Checkpoints hold only the adapter, the optimizer
+and the RNG state, so a run resumed mid-epoch retraces an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import torch
+
+from .losses import LOSS_TYPES, dpo_loss, fused_sequence_logps, sequence_logps, sft_loss
+
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """The LoRA adapter (peft)."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = DEFAULT_TARGETS
+    """Default: every attention and MLP projection."""
+
+
+@dataclass(frozen=True)
+class DPOSettings:
+    """The preference loss."""
+
+    beta: float = 0.1
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"
+    label_smoothing: float = 0.0
+    """> 0: conservative DPO (sigmoid loss with flipped-label probability e)."""
+    sft_weight: float = 0.0
+    """Weight of the NLL of chosen answers per token (RPO); 0 disables it."""
+    reference: Literal["precomputed", "adapter_disabled"] = "precomputed"
+    """precomputed: log-probs stored with the pairs (from the policy before training);
+    adapter_disabled: the base model, computed on the fly."""
+
+
+@dataclass(frozen=True)
+class OptimSettings:
+    """AdamW with warm-up and decay."""
+
+    lr: float = 5e-7
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_ratio: float = 0.1
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+
+
+@dataclass
+class ModelSettings:
+    """Which weights, and how they run."""
+
+    path: str = ""
+    """A `from_pretrained` folder (or hub id where a hub is reachable)."""
+    init_adapter: str | None = None
+    """A PEFT adapter to continue training (iteration N starts from N-1's)."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """auto: bfloat16 weights on GPU, float32 on CPU."""
+    gradient_checkpointing: bool = False
+    head_chunk_size: int = 1024
+    """Answer tokens per LM-head tile."""
+    extra: dict = field(default_factory=dict)
+
+
+def load_policy(settings: ModelSettings, lora: LoraSettings, device: str = "cpu", trainable: bool = True):
+    """The base model with a LoRA adapter (fresh, or `init_adapter` continued)."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(settings.dtype)
+    if dtype is None:
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    base = AutoModelForCausalLM.from_pretrained(settings.path, dtype=dtype, **settings.extra)
+    if settings.gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.enable_input_require_grads()
+    if settings.init_adapter:
+        return PeftModel.from_pretrained(base, settings.init_adapter, is_trainable=trainable)
+    cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                     target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+    return get_peft_model(base, cfg)
+
+
+def _plain_head(base) -> bool:
+    """Logits are exactly lm_head(hidden): no soft-capping or scaling (else the full-logits path is used)."""
+    cfg = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
+    return all(getattr(cfg, a, None) in (None, 1.0) for a in ("final_logit_softcapping", "logit_scale"))
+
+
+def policy_logps(model, batch: dict[str, torch.Tensor], chunk_size: int = 1024) -> torch.Tensor:
+    """Sum of answer-token log-probs for every row of the batch: Tensor[2B]."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    labels = batch["input_ids"][:, 1:]
+    mask = batch["completion_mask"][:, 1:]
+    if _plain_head(base):
+        out = base.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                 use_cache=False)
+        head = base.get_output_embeddings()
+        return fused_sequence_logps(out.last_hidden_state[:, :-1], head.weight, head.bias, labels, mask, chunk_size)
+    logits = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    return sequence_logps(logits[:, :-1], labels, mask, chunk_size)
+
+
+@torch.no_grad()
+def reference_logps(model, loader, chunk_size: int = 1024) -> dict[int, tuple[float, float]]:
+    """Reference log-probs of every pair in `loader`, from `model` as it is now (eval mode, no grad):
+    {pair index: (chosen, rejected)}."""
+    was_training = model.training
+    model.eval()
+    out = {}
+    device = next(model.parameters()).device
+    for batch in loader:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        logps = policy_logps(model, batch, chunk_size).double().cpu()
+        chosen, rejected = logps.chunk(2)
+        for i, c, r in zip(batch["index"].tolist(), chosen.tolist(), rejected.tolist(), strict=True):
+            out[i] = (c, r)
+    model.train(was_training)
+    return out
+
+
+class DPOModule(L.LightningModule):
+    def __init__(self, model: ModelSettings, lora: LoraSettings = LoraSettings(), dpo: DPOSettings = DPOSettings(),
+                 optim: OptimSettings = OptimSettings(), total_steps: int | None = None):
+        super().__init__()
+        self.model_settings, self.lora, self.dpo, self.optim = model, lora, dpo, optim
+        if dpo.loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type must be one of {LOSS_TYPES}")
+        self.total_steps = total_steps
+        self.model = None
+        self.strict_loading = False  # checkpoints hold the adapter only
+        self._t0: float | None = None
+        self.save_hyperparameters({"model": vars(model), "lora": vars(lora), "dpo": vars(dpo), "optim": vars(optim)})
+
+    def configure_model(self) -> None:
+        if self.model is None:
+            self.model = load_policy(self.model_settings, self.lora, device=str(self.device))
+            self.model.train()  # from_pretrained leaves eval mode; dropout (if any) behaves as in training
+
+    # -- the step ---------------------------------------------------------------------------------
+    def _step(self, batch: dict[str, torch.Tensor], prefix: str) -> torch.Tensor:
+        n = batch["index"].shape[0]
+        logps = policy_logps(self.model, batch, self.model_settings.head_chunk_size)
+        chosen, rejected = logps[:n], logps[n:]
+        if self.dpo.reference == "precomputed":
+            ref_c, ref_r = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
+            if torch.isnan(ref_c).any() or torch.isnan(ref_r).any():
+                raise ValueError("reference='precomputed' but some pairs have no ref_chosen_logp/ref_rejected_logp; "
+                                 "compute them first (reference_logps) or use reference='adapter_disabled'")
+            ref_c, ref_r = ref_c.to(chosen.dtype), ref_r.to(chosen.dtype)
+        else:
+            with torch.no_grad(), self.model.disable_adapter():
+                ref = policy_logps(self.model, batch, self.model_settings.head_chunk_size)
+            ref_c, ref_r = ref[:n], ref[n:]
+        losses, rc, rr = dpo_loss(chosen, rejected, ref_c, ref_r, self.dpo.beta, self.dpo.loss_type,
+                                  self.dpo.label_smoothing)
+        if self.dpo.sft_weight:
+            lengths = batch["completion_mask"][:n].sum(-1)
+            losses = losses + self.dpo.sft_weight * sft_loss(chosen, lengths)
+        loss = losses.mean()
+        metrics = {"loss": loss.detach(), "rewards/chosen": rc.mean(), "rewards/rejected": rr.mean(),
+                   "rewards/accuracies": (rc > rr).float().mean(), "rewards/margins": (rc - rr).mean(),
+                   "logps/chosen": chosen.detach().mean(), "logps/rejected": rejected.detach().mean()}
+        sync = self.trainer.world_size > 1 if self._trainer is not None else False
+        self.log_dict({f"{prefix}{k}": v.float() for k, v in metrics.items()}, batch_size=n, sync_dist=sync,
+                      prog_bar=False, on_step=prefix == "", on_epoch=prefix != "")
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        if self._t0 is None:
+            self._t0 = time.perf_counter()
+        return self._step(batch, "")
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        now = time.perf_counter()
+        tokens = batch["attention_mask"].sum().item()
+        self.log("tokens_per_second", tokens / max(now - self._t0, 1e-9), batch_size=1)
+        self._t0 = now
+
+    def validation_step(self, batch, batch_idx):
+        return self._step(batch, "eval_")
+
+    # -- optimisation -------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=self.optim.lr, betas=self.optim.betas,
+                                weight_decay=self.optim.weight_decay)
+        total = self.total_steps or int(self.trainer.estimated_stepping_batches)
+        warmup = int(round(self.optim.warmup_ratio * total))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, warmup, total, self.optim.schedule))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # -- checkpoints: adapter, optimizer, RNG ---------------------------------------------------------
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        return {k: v for k, v in self.state_dict().items() if k in names}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        names = {n for n, p in self.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in names}
+        checkpoint["rng"] = {"torch": torch.get_rng_state(),
+                             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        rng = checkpoint.get("rng")
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            if rng["cuda"] is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+
+    def save_adapter(self, out: str | Path, merged: str | Path | None = None) -> Path:
+        """The adapter in PEFT format (PeftModel.from_pretrained, vLLM --lora-modules); optionally the merged
+        full model too."""
+        out = Path(out)
+        self.model.save_pretrained(out)
+        if merged:
+            self.model.merge_and_unload(safe_merge=True).save_pretrained(merged)
+        return out
+
+
+def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
+    if warmup and step < warmup:
+        return (step + 1) / (warmup + 1)
+    if schedule == "constant" or total <= warmup:
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    return 1.0 - progress

@@ -1,0 +1,201 @@
+"""The training core: DPO with LoRA on a pairs file, with no lake and no duckdb.
+
+    python -m proxyreward_pl.trainer pairs.parquet runs/x --model.path MODEL [--trainer.strategy ddp ...]
+
+runs on any machine with torch, transformers, peft, lightning and pyarrow. `proxyreward train` wraps it
+with the lake (pairs of an iteration in, reference log-probs and a `runs` row back).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import torch
+
+from .data import DataConfig, PairsDataModule, read_pairs, tokenization_id, write_pairs
+from .dpo_module import DPOModule, DPOSettings, LoraSettings, ModelSettings, OptimSettings, load_policy, reference_logps
+
+
+@dataclass(frozen=True)
+class TrainerSettings:
+    """Lightning's side: epochs, accumulation, devices, strategy, precision, checkpoints, loggers."""
+
+    epochs: int = 5
+    accumulate_grad_batches: int = 8
+    gradient_clip_val: float | None = 1.0
+    max_steps: int = -1
+    """Stop after this many optimizer steps (-1: run every epoch)."""
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    num_nodes: int = 1
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
+    precision: Literal["auto", "32-true", "bf16-mixed", "bf16-true", "16-mixed"] = "auto"
+    """auto: bf16-mixed on GPU, 32-true on CPU."""
+    checkpoint_every_n_steps: int = 50
+    log_every_n_steps: int = 1
+    loggers: tuple[str, ...] = ("csv", "tensorboard")
+    """Any of csv, tensorboard, wandb, mlflow (the last two need their packages and settings)."""
+    seed: int = 0
+    progress_bar: bool = True
+
+
+def _strategy(name: str, accelerator: str):
+    if name != "fsdp":
+        return name
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    # use_orig_params keeps frozen base weights and trainable LoRA weights as separate parameters in one
+    # flat shard; wrapping each decoder layer lets every layer unshard on its own.
+    return FSDPStrategy(auto_wrap_policy=_decoder_layer_policy, use_orig_params=True, sharding_strategy="FULL_SHARD")
+
+
+def _decoder_layer_policy(module: torch.nn.Module, recurse: bool, nonwrapped_numel: int) -> bool:
+    if recurse:
+        return True
+    return type(module).__name__.endswith("DecoderLayer")
+
+
+def _loggers(names: tuple[str, ...], out: Path) -> list:
+    from lightning.pytorch import loggers as pl_loggers
+
+    made = []
+    for name in names:
+        if name == "csv":
+            made.append(pl_loggers.CSVLogger(out, name="logs", version=""))
+        elif name == "tensorboard":
+            try:
+                made.append(pl_loggers.TensorBoardLogger(out, name="tb", version=""))
+            except ModuleNotFoundError:
+                pass
+        elif name == "wandb":
+            made.append(pl_loggers.WandbLogger(save_dir=str(out)))
+        elif name == "mlflow":
+            made.append(pl_loggers.MLFlowLogger(save_dir=str(out)))
+        else:
+            raise ValueError(f"unknown logger {name!r}")
+    return made
+
+
+def precompute_reference(pairs_path: str | Path, model: ModelSettings, lora: LoraSettings, data: DataConfig,
+                         device: str | None = None) -> dict:
+    """Fill `ref_chosen_logp`/`ref_rejected_logp` of a pairs file from the policy before training (base +
+    `init_adapter`); rows that already have them are left alone. Returns what was computed and its identity."""
+    rows = read_pairs(pairs_path)
+    missing = [i for i, r in enumerate(rows) if r.get("ref_chosen_logp") is None or r.get("ref_rejected_logp") is None]
+    dm = PairsDataModule(pairs_path, model.path, data)
+    dm.setup()
+    ident = {"ref_model": model.path, "ref_adapter": model.init_adapter or "",
+             "ref_tokenization": tokenization_id(dm.tokenizer, data)}
+    if not missing:
+        return {"computed": 0, **ident}
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    policy = load_policy(model, lora, device=device, trainable=False).to(device)
+    subset = [dm.train[i] for i in missing]
+    loader = dm.loader(subset, max(1, data.eval_batch_size or data.batch_size * 4), train=False)
+    refs = reference_logps(policy, loader, model.head_chunk_size)
+    for i in missing:
+        rows[i]["ref_chosen_logp"], rows[i]["ref_rejected_logp"] = refs[i]
+    write_pairs(rows, pairs_path)
+    del policy
+    return {"computed": len(missing), **ident}
+
+
+def prepare_run(pairs: str | Path, out_dir: Path, model: ModelSettings, lora: LoraSettings, dpo: DPOSettings,
+                optim: OptimSettings, data: DataConfig, trainer: TrainerSettings,
+                val_pairs: str | Path | None = None) -> tuple[DPOModule, PairsDataModule, L.Trainer]:
+    """The module, data and Lightning trainer of a run, not yet fitted."""
+    on_gpu = torch.cuda.is_available() and trainer.accelerator in ("auto", "gpu", "cuda")
+    precision = trainer.precision if trainer.precision != "auto" else ("bf16-mixed" if on_gpu else "32-true")
+    dm = PairsDataModule(pairs, model.path, data, val_path=val_pairs)
+    dm.setup()
+    world = (trainer.devices if isinstance(trainer.devices, int) else 1) * trainer.num_nodes
+    batches = math.ceil(math.ceil(len(dm.train) / data.batch_size) / max(world, 1))
+    steps_per_epoch = math.ceil(batches / trainer.accumulate_grad_batches)
+    total = steps_per_epoch * trainer.epochs if trainer.max_steps < 0 else trainer.max_steps
+    module = DPOModule(model, lora, dpo, optim, total_steps=total)
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    ckpt_dir = out_dir / "checkpoints"
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=trainer.checkpoint_every_n_steps,
+                                 save_last=True, save_top_k=0)
+    pl_trainer = L.Trainer(
+        max_epochs=trainer.epochs, max_steps=trainer.max_steps, accelerator=trainer.accelerator,
+        devices=trainer.devices, num_nodes=trainer.num_nodes, strategy=_strategy(trainer.strategy, trainer.accelerator),
+        precision=precision, accumulate_grad_batches=trainer.accumulate_grad_batches,
+        gradient_clip_val=trainer.gradient_clip_val, log_every_n_steps=trainer.log_every_n_steps,
+        logger=_loggers(trainer.loggers, out_dir) or False, callbacks=[checkpoint],
+        enable_progress_bar=trainer.progress_bar, enable_model_summary=False, use_distributed_sampler=False,
+        limit_val_batches=1.0 if val_pairs else 0, num_sanity_val_steps=0, default_root_dir=out_dir,
+    )
+    return module, dm, pl_trainer
+
+
+def train_pairs(
+    pairs: str,
+    out: str,
+    model: ModelSettings,
+    lora: LoraSettings = LoraSettings(),
+    dpo: DPOSettings = DPOSettings(),
+    optim: OptimSettings = OptimSettings(),
+    data: DataConfig = DataConfig(),
+    trainer: TrainerSettings = TrainerSettings(),
+    val_pairs: str | None = None,
+    resume: bool = False,
+    merged: bool = False,
+) -> dict:
+    """Train a LoRA adapter with DPO on a pairs file; the adapter lands in OUT/adapter (PEFT format).
+
+    Args:
+        pairs: Parquet/JSONL with prompt, chosen, rejected (and optionally ref_chosen_logp/ref_rejected_logp).
+        out: run folder: checkpoints/, logs/, adapter/, metrics.json.
+        model: base weights, init adapter, dtype, gradient checkpointing.
+        lora: the adapter's shape.
+        dpo: loss and reference.
+        optim: AdamW and schedule.
+        data: tokenisation and batching.
+        trainer: Lightning settings.
+        val_pairs: held-out pairs, evaluated each epoch (eval_ metrics).
+        resume: continue from OUT/checkpoints/last.ckpt if it exists.
+        merged: also save the merged full model in OUT/merged.
+    """
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if dpo.reference == "precomputed" and int(os.environ.get("LOCAL_RANK", 0)) == 0 and "RANK" not in os.environ:
+        precompute_reference(pairs, model, lora, data)
+        if val_pairs:
+            precompute_reference(val_pairs, model, lora, data)
+    L.seed_everything(trainer.seed, workers=True, verbose=False)  # after the reference pass: same LoRA init
+
+    module, dm, pl_trainer = prepare_run(pairs, out_dir, model, lora, dpo, optim, data, trainer, val_pairs)
+    last = out_dir / "checkpoints" / "last.ckpt"
+    pl_trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume and last.exists() else None)
+
+    result = {"global_step": pl_trainer.global_step, "epochs": pl_trainer.current_epoch,
+              "pairs": len(dm.train), "truncated_pairs": dm.truncated, "precision": str(pl_trainer.precision),
+              "metrics": {k: float(v) for k, v in pl_trainer.callback_metrics.items()}}
+    if pl_trainer.global_rank == 0:
+        module.save_adapter(out_dir / "adapter", merged=out_dir / "merged" if merged else None)
+        if merged:
+            dm.tokenizer.save_pretrained(out_dir / "merged")
+        result["adapter"] = str(out_dir / "adapter")
+        (out_dir / "metrics.json").write_text(json.dumps({**result, "settings": {
+            "model": asdict(model), "lora": asdict(lora), "dpo": asdict(dpo), "optim": asdict(optim),
+            "data": asdict(data), "trainer": asdict(trainer)}}, indent=2, default=str))
+    return result
+
+
+def main() -> None:
+    from jsonargparse import auto_cli
+
+    auto_cli(train_pairs)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""DPO with LoRA on the tiny model: what moves, what learns, persisted references, resume, DDP, export."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import textwrap
+
+import lightning as L
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+from proxyreward_pl.data import DataConfig, PairsDataModule, read_pairs
+from proxyreward_pl.dpo_module import DPOSettings, LoraSettings, ModelSettings, OptimSettings, load_policy
+from proxyreward_pl.trainer import TrainerSettings, precompute_reference, prepare_run, train_pairs
+from tests.dpo_helpers import small_settings, write_case_pairs
+
+
+def lora_state(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.named_parameters() if "lora_" in k}
+
+
+def test_only_lora_parameters_move_and_first_loss_is_ln2(tiny_model_path, tmp_path):
+    pairs = write_case_pairs(tmp_path / "p.parquet", 24)
+    s = small_settings(tiny_model_path, max_steps=3)
+    precompute_reference(pairs, s["model"], s["lora"], s["data"])
+    module, dm, trainer = prepare_run(pairs, tmp_path / "run", s["model"], s["lora"], DPOSettings(),
+                                      OptimSettings(lr=1e-3, warmup_ratio=0), s["data"], s["trainer"])
+    module.configure_model()
+    before = {k: v.detach().clone() for k, v in module.model.named_parameters()}
+    # policy == reference at the start (LoRA B is zero): the DPO loss is exactly ln 2
+    batch = next(iter(dm.train_dataloader()))
+    with torch.no_grad():
+        first = module._step(batch, "check_")
+    assert first.item() == pytest.approx(math.log(2), abs=1e-6)
+    trainer.fit(module, datamodule=dm)
+    moved = {k for k, v in module.model.named_parameters() if not torch.equal(v, before[k])}
+    assert moved and all("lora_" in k for k in moved)
+    assert any("lora_B" in k for k in moved)
+    for k, v in module.model.named_parameters():
+        if "lora_" not in k:
+            assert torch.equal(v, before[k]), k  # bitwise
+
+
+def test_learnable_preferences_reach_held_out_accuracy(tiny_model_path, tmp_path):
+    train = write_case_pairs(tmp_path / "train.parquet", 96)
+    val = write_case_pairs(tmp_path / "val.parquet", 32, offset=500)
+    s = small_settings(tiny_model_path, epochs=2)
+    res = train_pairs(str(train), str(tmp_path / "run"), s["model"], s["lora"], DPOSettings(beta=0.1),
+                      OptimSettings(lr=2e-3, warmup_ratio=0.1), s["data"], s["trainer"], val_pairs=str(val))
+    log = (tmp_path / "run" / "logs" / "metrics.csv").read_text().splitlines()
+    header = log[0].split(",")
+    losses = [float(r.split(",")[header.index("loss")]) for r in log[1:] if r.split(",")[header.index("loss")]]
+    assert losses[0] == pytest.approx(math.log(2), abs=1e-4)
+    assert sum(losses[-5:]) / 5 < 0.5 * math.log(2)
+    assert res["metrics"]["eval_rewards/accuracies"] > 0.9
+    assert res["metrics"]["eval_rewards/margins"] > 0
+    for name in ("rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected",
+                 "tokens_per_second"):
+        assert name in header
+
+
+def test_persisted_reference_equals_on_the_fly_and_is_not_recomputed(tiny_model_path, tmp_path):
+    pairs = write_case_pairs(tmp_path / "p.parquet", 10)
+    model, lora, data = ModelSettings(path=str(tiny_model_path)), LoraSettings(r=4), DataConfig(max_length=128)
+    first = precompute_reference(pairs, model, lora, data)
+    assert first["computed"] == 10 and first["ref_tokenization"]
+    stored = read_pairs(pairs)
+    # on the fly: the same model with its adapter disabled, one pair at a time
+    dm = PairsDataModule(pairs, tiny_model_path, DataConfig(max_length=128, batch_size=1))
+    dm.setup()
+    policy = load_policy(model, lora)
+    from proxyreward_pl.dpo_module import policy_logps
+
+    with torch.no_grad(), policy.disable_adapter():
+        for batch in dm.loader(dm.train, 1, train=False):
+            c, r = policy_logps(policy, batch)
+            i = batch["index"].item()
+            # fp32 sums over ~100s of tokens: 1e-5 relative (batch padding changes the summation order)
+            assert c.item() == pytest.approx(stored[i]["ref_chosen_logp"], rel=1e-5)
+            assert r.item() == pytest.approx(stored[i]["ref_rejected_logp"], rel=1e-5)
+    mtime = pairs.stat().st_mtime_ns
+    again = precompute_reference(pairs, model, lora, data)
+    assert again["computed"] == 0 and pairs.stat().st_mtime_ns == mtime
+
+
+def test_on_the_fly_reference_trains_like_persisted(tiny_model_path, tmp_path):
+    pairs = write_case_pairs(tmp_path / "p.parquet", 16)
+    s = small_settings(tiny_model_path, max_steps=3)
+    got = {}
+    for ref in ("precomputed", "adapter_disabled"):
+        train_pairs(str(pairs), str(tmp_path / ref), s["model"], s["lora"], DPOSettings(reference=ref),
+                    OptimSettings(lr=1e-3, warmup_ratio=0), s["data"], s["trainer"])
+        got[ref] = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_path),
+                                             tmp_path / ref / "adapter")
+    a, b = lora_state(got["precomputed"]), lora_state(got["adapter_disabled"])
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+
+
+class _Crash(L.Callback):
+    def __init__(self, at_step: int):
+        self.at_step = at_step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.at_step:
+            raise KeyboardInterrupt("simulated crash")
+
+
+def test_resume_mid_epoch_matches_uninterrupted(tiny_model_path, tmp_path):
+    pairs = write_case_pairs(tmp_path / "p.parquet", 40)
+    s = small_settings(tiny_model_path, epochs=2, accumulate_grad_batches=2, checkpoint_every_n_steps=1)
+    lora = LoraSettings(r=4, alpha=8, dropout=0.1)  # dropout: the RNG state must be restored too
+    opt = OptimSettings(lr=1e-3, warmup_ratio=0.2, schedule="cosine")
+    args = (s["model"], lora, DPOSettings(), opt, s["data"], s["trainer"])
+    train_pairs(str(pairs), str(tmp_path / "full"), *args)
+
+    precompute_reference(pairs, s["model"], lora, s["data"])
+    module, dm, trainer = prepare_run(pairs, tmp_path / "cut", *args)
+    trainer.callbacks.append(_Crash(at_step=4))  # 10 batches/epoch, 5 steps/epoch: mid first epoch...
+    L.seed_everything(0, workers=True, verbose=False)
+    with pytest.raises(BaseException):
+        trainer.fit(module, datamodule=dm)
+    assert (tmp_path / "cut" / "checkpoints" / "last.ckpt").exists()
+    ckpt = torch.load(tmp_path / "cut" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 4 and all("lora_" in k for k in ckpt["state_dict"])
+    assert ckpt["optimizer_states"]
+    res = train_pairs(str(pairs), str(tmp_path / "cut"), *args, resume=True)
+    assert res["global_step"] == 10
+    full = lora_state(PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_path),
+                                                tmp_path / "full" / "adapter"))
+    cut = lora_state(PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_path),
+                                               tmp_path / "cut" / "adapter"))
+    for k in full:
+        torch.testing.assert_close(cut[k], full[k], atol=1e-5, rtol=0)
+
+
+_DDP_SCRIPT = textwrap.dedent("""
+    import json, sys, torch
+    from pathlib import Path
+    from proxyreward_pl.dpo_module import DPOSettings, LoraSettings, ModelSettings, OptimSettings
+    from proxyreward_pl.data import DataConfig
+    from proxyreward_pl.trainer import TrainerSettings, prepare_run
+    import lightning as L
+
+    pairs, out, model, devices, accumulate = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+    L.seed_everything(0, verbose=False)
+    module, dm, trainer = prepare_run(
+        pairs, out, ModelSettings(path=model), LoraSettings(r=4, alpha=8), DPOSettings(),
+        OptimSettings(lr=1e-3, warmup_ratio=0), DataConfig(max_length=128, batch_size=2, group_by_length=True),
+        TrainerSettings(epochs=1, max_steps=4, accumulate_grad_batches=accumulate, accelerator="cpu",
+                        devices=devices, strategy="ddp" if devices > 1 else "auto", loggers=(),
+                        progress_bar=False, checkpoint_every_n_steps=1000))
+    trainer.fit(module, datamodule=dm)
+    state = {k: v.tolist() for k, v in module.model.named_parameters() if "lora_" in k}
+    (out / f"lora-rank{trainer.global_rank}.json").write_text(json.dumps(state))
+""")
+
+
+def test_ddp_two_cpu_processes_match_one_process(tiny_model_path, tmp_path):
+    pairs = write_case_pairs(tmp_path / "p.parquet", 32)
+    from proxyreward_pl.trainer import precompute_reference as pre
+
+    pre(pairs, ModelSettings(path=str(tiny_model_path)), LoraSettings(r=4, alpha=8), DataConfig(max_length=128))
+    script = tmp_path / "ddp_run.py"
+    script.write_text(_DDP_SCRIPT)
+    for name, devices, accumulate in (("ddp", 2, 1), ("single", 1, 2)):
+        subprocess.run([sys.executable, str(script), str(pairs), str(tmp_path / name), str(tiny_model_path),
+                        str(devices), str(accumulate)], check=True, timeout=600)
+    r0 = json.loads((tmp_path / "ddp" / "lora-rank0.json").read_text())
+    r1 = json.loads((tmp_path / "ddp" / "lora-rank1.json").read_text())
+    one = json.loads((tmp_path / "single" / "lora-rank0.json").read_text())
+    for k in r0:
+        assert torch.equal(torch.tensor(r0[k]), torch.tensor(r1[k])), k  # ranks agree exactly
+        torch.testing.assert_close(torch.tensor(r0[k]), torch.tensor(one[k]), atol=1e-5, rtol=1e-4)
+
+
+def test_adapter_loads_in_peft_and_merged_export(tiny_model_path, tmp_path):
+    pairs = write_case_pairs(tmp_path / "p.parquet", 8)
+    s = small_settings(tiny_model_path, max_steps=2)
+    train_pairs(str(pairs), str(tmp_path / "run"), s["model"], s["lora"], DPOSettings(),
+                OptimSettings(lr=1e-2, warmup_ratio=0), s["data"], s["trainer"], merged=True)
+    adapter = tmp_path / "run" / "adapter"
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    assert cfg["r"] == 4 and set(cfg["target_modules"]) == set(LoraSettings().target_modules)
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_path), adapter)
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "merged")
+    ids = torch.tensor([[5, 17, 99, 250]])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, peft_model(ids).logits, atol=1e-4, rtol=1e-4)
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+        assert not torch.allclose(base(ids).logits, merged(ids).logits)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["global_step"] == 2 and metrics["settings"]["lora"]["r"] == 4
+
+
+def test_trainer_settings_round_trip_through_the_cli(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "proxyreward_pl.trainer", "--help"], capture_output=True, text=True,
+                          check=True)
+    assert "pairs out" in proc.stdout.replace("\n", " ").replace("  ", " ") or "PAIRS" in proc.stdout.upper()
+    for flag in ("--model.path", "--lora.r", "--dpo.beta", "--optim.lr", "--data.max_length",
+                 "--trainer.strategy", "--resume"):
+        assert flag in proc.stdout
+    assert TrainerSettings().strategy == "auto"
