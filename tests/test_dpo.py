@@ -108,7 +108,7 @@ class _Crash(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.global_step == self.at_step:
-            raise KeyboardInterrupt("simulated crash")
+            raise RuntimeError("simulated crash")
 
 
 def test_resume_mid_epoch_matches_uninterrupted(tiny_model_path, tmp_path):
@@ -123,7 +123,7 @@ def test_resume_mid_epoch_matches_uninterrupted(tiny_model_path, tmp_path):
     module, dm, trainer = prepare_run(pairs, tmp_path / "cut", *args)
     trainer.callbacks.append(_Crash(at_step=4))  # 10 batches/epoch, 5 steps/epoch: mid first epoch...
     L.seed_everything(0, workers=True, verbose=False)
-    with pytest.raises(BaseException):
+    with pytest.raises(RuntimeError, match="simulated crash"):
         trainer.fit(module, datamodule=dm)
     assert (tmp_path / "cut" / "checkpoints" / "last.ckpt").exists()
     ckpt = torch.load(tmp_path / "cut" / "checkpoints" / "last.ckpt", weights_only=False)
@@ -147,7 +147,8 @@ _DDP_SCRIPT = textwrap.dedent("""
     from proxyreward_pl.trainer import TrainerSettings, prepare_run
     import lightning as L
 
-    pairs, out, model, devices, accumulate = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+    pairs, out, model = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+    devices, accumulate = int(sys.argv[4]), int(sys.argv[5])
     L.seed_everything(0, verbose=False)
     module, dm, trainer = prepare_run(
         pairs, out, ModelSettings(path=model), LoraSettings(r=4, alpha=8), DPOSettings(),

@@ -13,7 +13,8 @@ from proxyreward_pl.losses import dpo_loss, fused_sequence_logps, sequence_logps
 
 
 def naive_sequence_logps(logits, labels, mask):
-    return (logits.to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1) * mask).sum(-1)
+    logp = logits.to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(-1)
+    return (logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1) * mask).sum(-1)
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 1024])
