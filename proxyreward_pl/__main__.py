@@ -17,6 +17,7 @@ import yaml
 
 from . import dataset, query, tiny
 from .errors import ProxyRewardError
+from .train import train
 
 
 def tiny_model(out: str, tiny: tiny.TinyModelConfig = tiny.TinyModelConfig()) -> None:
@@ -39,6 +40,7 @@ COMMANDS: dict[str, Any] = {
     "sql": (query.sql, ("query",)),
     "lake": {"status": (query.lake_status, ())},
     "tiny-model": (tiny_model, ("out",)),
+    "train": (train, ()),
 }
 
 

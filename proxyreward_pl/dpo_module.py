@@ -152,7 +152,8 @@ class DPOModule(L.LightningModule):
             self.model.train()  # from_pretrained leaves eval mode; dropout (if any) behaves as in training
 
     # -- the step ---------------------------------------------------------------------------------
-    def _step(self, batch: dict[str, torch.Tensor], prefix: str) -> torch.Tensor:
+    def compute(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The batch's mean loss and TRL-named metrics."""
         n = batch["index"].shape[0]
         logps = policy_logps(self.model, batch, self.model_settings.head_chunk_size)
         chosen, rejected = logps[:n], logps[n:]
@@ -160,7 +161,8 @@ class DPOModule(L.LightningModule):
             ref_c, ref_r = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
             if torch.isnan(ref_c).any() or torch.isnan(ref_r).any():
                 raise ValueError("reference='precomputed' but some pairs have no ref_chosen_logp/ref_rejected_logp; "
-                                 "compute them first (reference_logps) or use reference='adapter_disabled'")
+                                 "compute them first (trainer.precompute_reference) or use "
+                                 "reference='adapter_disabled'")
             ref_c, ref_r = ref_c.to(chosen.dtype), ref_r.to(chosen.dtype)
         else:
             with torch.no_grad(), self.model.disable_adapter():
@@ -175,9 +177,12 @@ class DPOModule(L.LightningModule):
         metrics = {"loss": loss.detach(), "rewards/chosen": rc.mean(), "rewards/rejected": rr.mean(),
                    "rewards/accuracies": (rc > rr).float().mean(), "rewards/margins": (rc - rr).mean(),
                    "logps/chosen": chosen.detach().mean(), "logps/rejected": rejected.detach().mean()}
-        sync = self.trainer.world_size > 1 if self._trainer is not None else False
-        self.log_dict({f"{prefix}{k}": v.float() for k, v in metrics.items()}, batch_size=n, sync_dist=sync,
-                      prog_bar=False, on_step=prefix == "", on_epoch=prefix != "")
+        return loss, {k: v.float() for k, v in metrics.items()}
+
+    def _step(self, batch: dict[str, torch.Tensor], prefix: str) -> torch.Tensor:
+        loss, metrics = self.compute(batch)
+        self.log_dict({f"{prefix}{k}": v for k, v in metrics.items()}, batch_size=batch["index"].shape[0],
+                      sync_dist=self.trainer.world_size > 1, on_step=prefix == "", on_epoch=prefix != "")
         return loss
 
     def training_step(self, batch, batch_idx):

@@ -136,7 +136,7 @@ class Lake:
     def sql(self, query: str, params: list | dict | None = None) -> pl.DataFrame:
         con = self.connect()
         try:
-            return con.execute(query, params).pl() if params is not None else con.sql(query).pl()
+            return con.sql(query, params=params).pl()
         finally:
             con.close()
 

@@ -82,27 +82,35 @@ def _loggers(names: tuple[str, ...], out: Path) -> list:
     return made
 
 
+def reference_identity(model: ModelSettings, data: DataConfig) -> dict[str, str]:
+    """What reference log-probs depend on: base weights, adapter, tokenisation."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model.path)
+    return {"ref_model": model.path, "ref_adapter": model.init_adapter or "",
+            "ref_tokenization": tokenization_id(tokenizer, data)}
+
+
 def precompute_reference(pairs_path: str | Path, model: ModelSettings, lora: LoraSettings, data: DataConfig,
                          device: str | None = None) -> dict:
     """Fill `ref_chosen_logp`/`ref_rejected_logp` of a pairs file from the policy before training (base +
-    `init_adapter`); rows that already have them are left alone. Returns what was computed and its identity."""
+    `init_adapter`); rows that already have them are left alone. Returns how many were computed and the
+    reference's identity."""
     rows = read_pairs(pairs_path)
     missing = [i for i, r in enumerate(rows) if r.get("ref_chosen_logp") is None or r.get("ref_rejected_logp") is None]
-    dm = PairsDataModule(pairs_path, model.path, data)
-    dm.setup()
-    ident = {"ref_model": model.path, "ref_adapter": model.init_adapter or "",
-             "ref_tokenization": tokenization_id(dm.tokenizer, data)}
+    ident = reference_identity(model, data)
     if not missing:
         return {"computed": 0, **ident}
+    dm = PairsDataModule(pairs_path, model.path, data)
+    dm.setup()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     policy = load_policy(model, lora, device=device, trainable=False).to(device)
-    subset = [dm.train[i] for i in missing]
-    loader = dm.loader(subset, max(1, data.eval_batch_size or data.batch_size * 4), train=False)
+    loader = dm.loader([dm.train[i] for i in missing], max(1, data.eval_batch_size or data.batch_size * 4),
+                       train=False)
     refs = reference_logps(policy, loader, model.head_chunk_size)
     for i in missing:
         rows[i]["ref_chosen_logp"], rows[i]["ref_rejected_logp"] = refs[i]
     write_pairs(rows, pairs_path)
-    del policy
     return {"computed": len(missing), **ident}
 
 

@@ -35,7 +35,7 @@ def test_only_lora_parameters_move_and_first_loss_is_ln2(tiny_model_path, tmp_pa
     # policy == reference at the start (LoRA B is zero): the DPO loss is exactly ln 2
     batch = next(iter(dm.train_dataloader()))
     with torch.no_grad():
-        first = module._step(batch, "check_")
+        first, _ = module.compute(batch)
     assert first.item() == pytest.approx(math.log(2), abs=1e-6)
     trainer.fit(module, datamodule=dm)
     moved = {k for k, v in module.model.named_parameters() if not torch.equal(v, before[k])}

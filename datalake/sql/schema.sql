@@ -66,6 +66,12 @@ CREATE TABLE pairs (
     chosen_score        DOUBLE  NOT NULL,
     rejected_score      DOUBLE  NOT NULL,
     score_variance      DOUBLE  NOT NULL,
+    -- reference log-probs, computed once before training (NULL until then), and what they came from
+    ref_chosen_logp     DOUBLE,
+    ref_rejected_logp   DOUBLE,
+    ref_model           VARCHAR,         -- base weights
+    ref_adapter         VARCHAR,         -- adapter on top of them ('' for none)
+    ref_tokenization    VARCHAR,         -- hash of tokenizer, chat template and truncation settings
     PRIMARY KEY (iteration, question_id)
 );
 

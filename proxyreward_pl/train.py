@@ -1,0 +1,145 @@
+"""`proxyreward train --iteration N`: DPO with LoRA on the pairs of an iteration.
+
+The lake meets the trainer here and nowhere else: the iteration's pairs (with their texts) go to a
+Parquet file, reference log-probs missing for the current reference are computed once and written back
+into `pairs`, the training core runs on the file, and the adapter lands in `<lake>/adapters/iteration=N`
+with a `runs` row holding the config, metrics and adapter path. Under DDP, ranks other than 0 only train.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import polars as pl
+
+from . import tiny as tiny_models
+from .data import DataConfig, read_pairs, write_pairs
+from .dpo_module import DPOSettings, LoraSettings, ModelSettings, OptimSettings
+from .errors import ProxyRewardError
+from .lake import Lake
+from .runs import record_run
+from .trainer import TrainerSettings, precompute_reference, reference_identity, train_pairs
+
+REF_COLUMNS = ("ref_chosen_logp", "ref_rejected_logp", "ref_model", "ref_adapter", "ref_tokenization")
+
+
+def resolve_model(model: ModelSettings, tiny: tiny_models.TinyModelConfig) -> ModelSettings:
+    """`path: tiny` means the offline tiny model of the `tiny` section (built once, cached)."""
+    if model.path in ("", "tiny"):
+        return dataclasses.replace(model, path=str(tiny_models.cached(tiny)))
+    return model
+
+
+def adapter_dir(lake: Lake, iteration: int) -> Path:
+    return lake.root / "adapters" / f"iteration={iteration}"
+
+
+def _is_rank_zero() -> bool:
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+
+
+def _publish(src: Path, dst: Path) -> None:
+    """Copy a folder into place atomically (a crash leaves the old one or the new one)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}."))
+    shutil.copytree(src, tmp, dirs_exist_ok=True)
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dst, old)
+        os.replace(tmp, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, dst)
+
+
+def _store_reference(lake: Lake, iteration: int, pairs_file: Path, ident: dict) -> None:
+    refs = pl.DataFrame([{"question_id": r["pair_id"], "ref_chosen_logp": r["ref_chosen_logp"],
+                          "ref_rejected_logp": r["ref_rejected_logp"]} for r in read_pairs(pairs_file)])
+    current = lake.read("pairs", iteration).drop(REF_COLUMNS)
+    updated = current.join(refs, on="question_id", how="left").with_columns(
+        ref_model=pl.lit(ident["ref_model"]), ref_adapter=pl.lit(ident["ref_adapter"]),
+        ref_tokenization=pl.lit(ident["ref_tokenization"]))
+    lake.write("pairs", updated, iteration=iteration)
+
+
+def train(
+    iteration: int,
+    model: ModelSettings = ModelSettings(path="tiny"),
+    lora: LoraSettings = LoraSettings(),
+    dpo: DPOSettings = DPOSettings(),
+    optim: OptimSettings = OptimSettings(),
+    data: DataConfig = DataConfig(),
+    trainer: TrainerSettings = TrainerSettings(),
+    tiny: tiny_models.TinyModelConfig = tiny_models.TinyModelConfig(),
+    init_from_previous: bool = True,
+    resume: bool = False,
+    merged: bool = False,
+    lake: str | None = None,
+) -> dict:
+    """Train the policy of iteration N with DPO + LoRA on that iteration's pairs.
+
+    Args:
+        iteration: whose pairs to train on; the adapter becomes the policy of iteration N.
+        model: base weights (`tiny` = the offline tiny model) and, optionally, an adapter to start from.
+        lora: the adapter's shape.
+        dpo: loss and reference (precomputed: stored in `pairs` from the policy before training).
+        optim: AdamW and schedule.
+        data: tokenisation and batching.
+        trainer: epochs, accumulation, devices, strategy (ddp/fsdp), precision, checkpoints, loggers.
+        tiny: the tiny model, when model.path is `tiny`.
+        init_from_previous: start from iteration N-1's adapter (N > 1) unless model.init_adapter is set.
+        resume: continue an interrupted run from its last checkpoint.
+        merged: also export the merged full model.
+        lake: lake root (default: PROXYREWARD_LAKE or the repository's datalake/).
+    """
+    lk = Lake(lake)
+    if _is_rank_zero():
+        expected = lk.sql("SELECT count(*) FROM pairs WHERE iteration = ?", [iteration]).item()
+        if not expected:
+            raise ProxyRewardError(f"no pairs for iteration {iteration}; run `proxyreward select --iteration "
+                                   f"{iteration}` first")
+        rows = lk.run_sql_file("train_pairs", {"iteration": iteration})
+        if rows.height != expected:
+            raise ProxyRewardError(f"pairs of iteration {iteration}: {expected - rows.height} name rollouts or "
+                                   "meta-questions the lake does not have")
+    model = resolve_model(model, tiny)
+    if init_from_previous and iteration > 1 and not model.init_adapter:
+        previous = adapter_dir(lk, iteration - 1)
+        if not (previous / "adapter_config.json").exists():
+            raise ProxyRewardError(f"iteration {iteration} starts from iteration {iteration - 1}'s adapter, "
+                                   f"but {previous} has none; train iteration {iteration - 1} first")
+        model = dataclasses.replace(model, init_adapter=str(previous))
+    run_dir = lk.root / "runs" / f"iteration={iteration}" / "train"
+    pairs_file = run_dir / "pairs.parquet"
+    settings = {"model": model, "lora": lora, "dpo": dpo, "optim": optim, "data": data, "trainer": trainer}
+    if not _is_rank_zero():  # a DDP child re-running this command: train only, the lake is rank 0's
+        return train_pairs(str(pairs_file), str(run_dir), **settings, resume=True, merged=merged)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = {k: dataclasses.asdict(v) for k, v in settings.items()}
+    with record_run(lk, iteration, "train", config) as metrics:
+        ident = None
+        if dpo.reference == "precomputed":
+            ident = reference_identity(model, data)
+            records = rows.to_dicts()
+            for r in records:  # stored log-probs count only when they came from this same reference
+                if any(r[k] != v for k, v in ident.items()):
+                    r["ref_chosen_logp"] = r["ref_rejected_logp"] = None
+            write_pairs(records, pairs_file)
+            ident = precompute_reference(pairs_file, model, lora, data)
+            if ident["computed"]:
+                _store_reference(lk, iteration, pairs_file, ident)
+        else:
+            write_pairs(rows.to_dicts(), pairs_file)
+        result = train_pairs(str(pairs_file), str(run_dir), **settings, resume=resume, merged=merged)
+        _publish(run_dir / "adapter", adapter_dir(lk, iteration))
+        metrics.update(result, adapter=str(adapter_dir(lk, iteration)),
+                       reference_computed=ident["computed"] if ident else None)
+    print(f"iteration {iteration}: trained on {result['pairs']} pairs, {result['global_step']} steps, "
+          f"loss {result['metrics'].get('loss', float('nan')):.4f}; adapter -> {adapter_dir(lk, iteration)}")
+    return result

@@ -1,0 +1,91 @@
+"""`proxyreward train`: pairs from the lake, reference log-probs persisted into `pairs`, adapter and runs row."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+import pytest
+
+from proxyreward_pl.dataset import seed_records
+from proxyreward_pl.lake import Lake
+from tests.conftest import run_cli
+
+
+def add_pairs(lake: Lake, iteration: int, n_questions: int = 8) -> None:
+    """Two literal rollouts per train question (true facts vs false ones) and the pair between them."""
+    records = [r for r in seed_records() if r.split == "train"][:n_questions]
+    rollouts, pairs = [], []
+    for r in records:
+        true = " ".join(s for s, a in r.statements if a)
+        false = " ".join(s for s, a in r.statements if not a)
+        for k, text in enumerate((true, false)):
+            rollouts.append({"iteration": iteration, "rollout_id": f"{iteration}:{r.question_id}:{k}",
+                             "question_id": r.question_id, "policy": "test", "sample_index": k, "response": text,
+                             "n_tokens": len(text.split()), "finish_reason": "stop"})
+        pairs.append({"iteration": iteration, "question_id": r.question_id,
+                      "chosen_rollout_id": f"{iteration}:{r.question_id}:0",
+                      "rejected_rollout_id": f"{iteration}:{r.question_id}:1",
+                      "chosen_score": 0.9, "rejected_score": 0.2, "score_variance": 0.1})
+    with lake.transaction() as tx:
+        tx.replace("rollouts", rollouts, iteration=iteration)
+        tx.replace("pairs", pairs, iteration=iteration)
+
+
+FAST = ["--config", "configs/tiny.yaml", "--trainer.epochs", "1", "--data.max_length", "128",
+        "--lora.r", "4", "--lora.alpha", "8"]
+
+
+def test_train_stage_persists_references_and_records_the_run(seeded_lake):
+    add_pairs(seeded_lake, 1)
+    proc = run_cli("train", "--iteration", "1", *FAST, lake=seeded_lake.root, check=True)
+    assert "iteration 1: trained on 8 pairs" in proc.stdout
+    adapter = seeded_lake.root / "adapters" / "iteration=1"
+    assert (adapter / "adapter_config.json").exists() and (adapter / "adapter_model.safetensors").exists()
+    pairs = seeded_lake.read("pairs", 1)
+    assert pairs["ref_chosen_logp"].null_count() == 0 and (pairs["ref_chosen_logp"] < 0).all()
+    assert pairs["ref_tokenization"].n_unique() == 1 and pairs["ref_adapter"].to_list() == [""] * 8
+    run = seeded_lake.sql("SELECT * FROM runs WHERE stage = 'train'").to_dicts()
+    assert len(run) == 1 and run[0]["status"] == "finished"
+    metrics = json.loads(run[0]["metrics"])
+    assert metrics["reference_computed"] == 8 and metrics["adapter"].endswith("iteration=1")
+    assert json.loads(run[0]["config"])["lora"]["r"] == 4
+
+    # a re-run reuses the stored reference log-probs
+    before = pairs.select("question_id", "ref_chosen_logp").sort("question_id")
+    run_cli("train", "--iteration", "1", *FAST, lake=seeded_lake.root, check=True)
+    runs = seeded_lake.sql("SELECT metrics FROM runs WHERE stage = 'train' ORDER BY finished_at").to_dicts()
+    assert json.loads(runs[-1]["metrics"])["reference_computed"] == 0
+    after = seeded_lake.read("pairs", 1).select("question_id", "ref_chosen_logp").sort("question_id")
+    assert after.equals(before)
+
+
+def test_iteration_two_starts_from_iteration_one(seeded_lake):
+    add_pairs(seeded_lake, 1)
+    add_pairs(seeded_lake, 2)
+    proc = run_cli("train", "--iteration", "2", *FAST, lake=seeded_lake.root)
+    assert proc.returncode == 1 and "train iteration 1 first" in proc.stderr
+    run_cli("train", "--iteration", "1", *FAST, lake=seeded_lake.root, check=True)
+    run_cli("train", "--iteration", "2", *FAST, lake=seeded_lake.root, check=True)
+    refs = seeded_lake.read("pairs", 2)["ref_adapter"].unique().to_list()
+    assert refs == [str(seeded_lake.root / "adapters" / "iteration=1")]  # reference = the rollout policy
+
+
+def test_train_without_pairs_is_a_clear_error(seeded_lake):
+    proc = run_cli("train", "--iteration", "3", *FAST, lake=seeded_lake.root)
+    assert proc.returncode == 1
+    assert "no pairs for iteration 3" in proc.stderr and "Traceback" not in proc.stderr
+    assert seeded_lake.read("runs").is_empty()
+
+
+def test_pairs_naming_missing_rollouts_are_refused(seeded_lake):
+    add_pairs(seeded_lake, 1)
+    seeded_lake.write("rollouts", seeded_lake.read("rollouts", 1).filter(pl.col("sample_index") == 0), iteration=1)
+    proc = run_cli("train", "--iteration", "1", *FAST, lake=seeded_lake.root)
+    assert proc.returncode == 1 and "8 name rollouts" in proc.stderr
+
+
+@pytest.mark.parametrize("flag", ["--dpo.loss_type", "--trainer.strategy"])
+def test_bad_settings_are_refused_by_the_parser(seeded_lake, flag):
+    proc = run_cli("train", "--iteration", "1", flag, "nonsense", lake=seeded_lake.root)
+    assert proc.returncode == 2 and flag.lstrip("-") in proc.stderr
