@@ -14,7 +14,8 @@ from .lake import Lake
 def _row(run_id: str, iteration: int, stage: str, status: str, started: datetime, config: dict,
          metrics: dict | None, finished: datetime | None) -> dict:
     return {"iteration": iteration, "run_id": run_id, "stage": stage, "status": status,
-            "started_at": started.replace(tzinfo=None), "finished_at": finished.replace(tzinfo=None) if finished else None,
+            "started_at": started.replace(tzinfo=None),
+            "finished_at": finished.replace(tzinfo=None) if finished else None,
             "config": json.dumps(config, default=str, sort_keys=True),
             "metrics": json.dumps(metrics, default=str, sort_keys=True) if metrics is not None else None}
 
