@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE=1
 export TRANSFORMERS_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false
 
-.PHONY: setup test test-all iterate lint clean-lake
+.PHONY: setup test test-all iterate lint clean-lake bench-dpo
 
 setup: $(STAMP)
 	@test -d datalake/tables/meta_questions || $(BIN)/proxyreward seed
@@ -43,8 +43,12 @@ iterate: setup .cache/tiny-model/proxyreward_tiny.json
 .cache/tiny-model/proxyreward_tiny.json: $(CONFIG) | setup
 	$(BIN)/proxyreward tiny-model .cache/tiny-model --config $(CONFIG)
 
+# DPO throughput and peak memory against TRL's DPOTrainer (prints ratios); `--gpu` on a GPU box.
+bench-dpo: setup
+	$(BIN)/python benchmarks/bench_dpo.py $(BENCH_ARGS)
+
 lint: setup
-	$(BIN)/ruff check proxyreward_pl tests
+	$(BIN)/ruff check proxyreward_pl tests benchmarks
 
 clean-lake:
 	rm -rf datalake/tables datalake/_staging datalake/lake.duckdb datalake/.write.lock
