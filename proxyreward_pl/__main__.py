@@ -8,14 +8,12 @@ rest, and flags given after it override it (`--judge.model X`).
 from __future__ import annotations
 
 import inspect
-import os
 import sys
 from collections.abc import Callable
 from typing import Any
 
-import yaml
-
 from . import dataset, query, tiny
+from .cliconfig import filter_config, rewrite_config  # noqa: F401  (filter_config: used by tests)
 from .errors import ProxyRewardError
 from .train import train
 
@@ -113,33 +111,6 @@ def _resolve(argv: list[str]) -> tuple[list[str], Callable | None]:
     return path, None
 
 
-def filter_config(fn: Callable, text: str) -> dict:
-    """The keys of a pipeline config that `fn` has parameters for."""
-    data = yaml.safe_load(text) or {}
-    if not isinstance(data, dict):
-        raise ProxyRewardError("a config file holds a mapping of sections")
-    params = inspect.signature(fn).parameters
-    return {k: v for k, v in data.items() if k in params}
-
-
-def _rewrite_config(argv: list[str], fn: Callable) -> list[str]:
-    out, i = [], 0
-    while i < len(argv):
-        arg = argv[i]
-        value = None
-        if arg == "--config" and i + 1 < len(argv):
-            value, i = argv[i + 1], i + 2
-        elif arg.startswith("--config="):
-            value, i = arg.split("=", 1)[1], i + 1
-        else:
-            out.append(arg)
-            i += 1
-            continue
-        text = open(value, encoding="utf-8").read() if os.path.exists(value) else value
-        out += ["--config", yaml.safe_dump(filter_config(fn, text)) or "{}"]
-    return out
-
-
 def _call(fn: Callable, namespace) -> Any:
     kwargs = {k: v for k, v in vars(namespace).items() if k in inspect.signature(fn).parameters}
     return fn(**kwargs)
@@ -149,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     path, fn = _resolve(argv)
     if fn is not None:
-        argv = path + _rewrite_config(argv[len(path):], fn)
+        argv = path + rewrite_config(argv[len(path):], fn)
     parser = build_parser()
     ns = parser.parse_args(argv)
     init = parser.instantiate(ns)

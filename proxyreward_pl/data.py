@@ -26,24 +26,9 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from .settings import DataConfig
+
 REQUIRED = ("prompt", "chosen", "rejected")
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """How pairs are tokenised and batched."""
-
-    max_length: int = 2048
-    """Prompt + answer tokens per sequence; longer answers lose their end."""
-    max_prompt_length: int | None = None
-    """Prompt tokens kept (from its start); default max_length // 2."""
-    batch_size: int = 2
-    """Pairs per device per micro-batch."""
-    eval_batch_size: int | None = None
-    group_by_length: bool = True
-    """Batch pairs of similar length together (less padding); the order stays seeded."""
-    seed: int = 0
-    num_workers: int = 0
 
 
 def read_pairs(path: str | Path) -> list[dict]:

@@ -11,69 +11,13 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import lightning as L
 import torch
 
 from .losses import LOSS_TYPES, dpo_loss, fused_sequence_logps, sequence_logps, sft_loss
-
-DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    """The LoRA adapter (peft)."""
-
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
-    target_modules: tuple[str, ...] = DEFAULT_TARGETS
-    """Default: every attention and MLP projection."""
-
-
-@dataclass(frozen=True)
-class DPOSettings:
-    """The preference loss."""
-
-    beta: float = 0.1
-    loss_type: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"
-    label_smoothing: float = 0.0
-    """> 0: conservative DPO (sigmoid loss with flipped-label probability e)."""
-    sft_weight: float = 0.0
-    """Weight of the NLL of chosen answers per token (RPO); 0 disables it."""
-    reference: Literal["precomputed", "adapter_disabled"] = "precomputed"
-    """precomputed: log-probs stored with the pairs (from the policy before training);
-    adapter_disabled: the base model, computed on the fly."""
-
-
-@dataclass(frozen=True)
-class OptimSettings:
-    """AdamW with warm-up and decay."""
-
-    lr: float = 5e-7
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_ratio: float = 0.1
-    schedule: Literal["linear", "cosine", "constant"] = "linear"
-
-
-@dataclass
-class ModelSettings:
-    """Which weights, and how they run."""
-
-    path: str = ""
-    """A `from_pretrained` folder (or hub id where a hub is reachable)."""
-    init_adapter: str | None = None
-    """A PEFT adapter to continue training (iteration N starts from N-1's)."""
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    """auto: bfloat16 weights on GPU, float32 on CPU."""
-    gradient_checkpointing: bool = False
-    head_chunk_size: int = 1024
-    """Answer tokens per LM-head tile."""
-    extra: dict = field(default_factory=dict)
+from .settings import DPOSettings, LoraSettings, ModelSettings, OptimSettings
 
 
 def load_policy(settings: ModelSettings, lora: LoraSettings, device: str = "cpu", trainable: bool = True):

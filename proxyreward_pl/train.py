@@ -17,12 +17,10 @@ from pathlib import Path
 import polars as pl
 
 from . import tiny as tiny_models
-from .data import DataConfig, read_pairs, write_pairs
-from .dpo_module import DPOSettings, LoraSettings, ModelSettings, OptimSettings
 from .errors import ProxyRewardError
 from .lake import Lake
 from .runs import record_run
-from .trainer import TrainerSettings, precompute_reference, reference_identity, train_pairs
+from .settings import DataConfig, DPOSettings, LoraSettings, ModelSettings, OptimSettings, TrainerSettings
 
 REF_COLUMNS = ("ref_chosen_logp", "ref_rejected_logp", "ref_model", "ref_adapter", "ref_tokenization")
 
@@ -39,7 +37,7 @@ def adapter_dir(lake: Lake, iteration: int) -> Path:
 
 
 def _is_rank_zero() -> bool:
-    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
 
 
 def _publish(src: Path, dst: Path) -> None:
@@ -58,6 +56,8 @@ def _publish(src: Path, dst: Path) -> None:
 
 
 def _store_reference(lake: Lake, iteration: int, pairs_file: Path, ident: dict) -> None:
+    from .data import read_pairs
+
     refs = pl.DataFrame([{"question_id": r["pair_id"], "ref_chosen_logp": r["ref_chosen_logp"],
                           "ref_rejected_logp": r["ref_rejected_logp"]} for r in read_pairs(pairs_file)])
     current = lake.read("pairs", iteration).drop(REF_COLUMNS)
@@ -79,6 +79,7 @@ def train(
     init_from_previous: bool = True,
     resume: bool = False,
     merged: bool = False,
+    prepare_only: bool = False,
     lake: str | None = None,
 ) -> dict:
     """Train the policy of iteration N with DPO + LoRA on that iteration's pairs.
@@ -95,8 +96,13 @@ def train(
         init_from_previous: start from iteration N-1's adapter (N > 1) unless model.init_adapter is set.
         resume: continue an interrupted run from its last checkpoint.
         merged: also export the merged full model.
+        prepare_only: write the pairs file with its reference log-probs and stop (for launching the training
+            core yourself, e.g. with torchrun or srun across nodes).
         lake: lake root (default: PROXYREWARD_LAKE or the repository's datalake/).
     """
+    from .data import write_pairs
+    from .trainer import precompute_reference, reference_identity, train_pairs
+
     lk = Lake(lake)
     if _is_rank_zero():
         expected = lk.sql("SELECT count(*) FROM pairs WHERE iteration = ?", [iteration]).item()
@@ -136,6 +142,10 @@ def train(
                 _store_reference(lk, iteration, pairs_file, ident)
         else:
             write_pairs(rows.to_dicts(), pairs_file)
+        if prepare_only:
+            metrics.update(pairs_file=str(pairs_file), reference_computed=ident["computed"] if ident else None)
+            print(f"pairs with reference log-probs: {pairs_file}")
+            return {"pairs_file": str(pairs_file)}
         result = train_pairs(str(pairs_file), str(run_dir), **settings, resume=resume, merged=merged)
         _publish(run_dir / "adapter", adapter_dir(lk, iteration))
         metrics.update(result, adapter=str(adapter_dir(lk, iteration)),

@@ -11,38 +11,15 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Literal
 
 import lightning as L
 import torch
 
-from .data import DataConfig, PairsDataModule, read_pairs, tokenization_id, write_pairs
-from .dpo_module import DPOModule, DPOSettings, LoraSettings, ModelSettings, OptimSettings, load_policy, reference_logps
-
-
-@dataclass(frozen=True)
-class TrainerSettings:
-    """Lightning's side: epochs, accumulation, devices, strategy, precision, checkpoints, loggers."""
-
-    epochs: int = 5
-    accumulate_grad_batches: int = 8
-    gradient_clip_val: float | None = 1.0
-    max_steps: int = -1
-    """Stop after this many optimizer steps (-1: run every epoch)."""
-    accelerator: str = "auto"
-    devices: int | str = "auto"
-    num_nodes: int = 1
-    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
-    precision: Literal["auto", "32-true", "bf16-mixed", "bf16-true", "16-mixed"] = "auto"
-    """auto: bf16-mixed on GPU, 32-true on CPU."""
-    checkpoint_every_n_steps: int = 50
-    log_every_n_steps: int = 1
-    loggers: tuple[str, ...] = ("csv", "tensorboard")
-    """Any of csv, tensorboard, wandb, mlflow (the last two need their packages and settings)."""
-    seed: int = 0
-    progress_bar: bool = True
+from .data import PairsDataModule, read_pairs, tokenization_id, write_pairs
+from .dpo_module import DPOModule, load_policy, reference_logps
+from .settings import DataConfig, DPOSettings, LoraSettings, ModelSettings, OptimSettings, TrainerSettings  # noqa: F401
 
 
 def _strategy(name: str, accelerator: str):
@@ -199,10 +176,14 @@ def train_pairs(
     return result
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    import sys
+
     from jsonargparse import auto_cli
 
-    auto_cli(train_pairs)
+    from .cliconfig import rewrite_config
+
+    auto_cli(train_pairs, args=rewrite_config(list(sys.argv[1:] if argv is None else argv), train_pairs))
 
 
 if __name__ == "__main__":

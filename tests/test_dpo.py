@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM
 from proxyreward_pl.data import DataConfig, PairsDataModule, read_pairs
 from proxyreward_pl.dpo_module import DPOSettings, LoraSettings, ModelSettings, OptimSettings, load_policy
 from proxyreward_pl.trainer import TrainerSettings, precompute_reference, prepare_run, train_pairs
+from tests.conftest import REPO
 from tests.dpo_helpers import small_settings, write_case_pairs
 
 
@@ -207,3 +208,19 @@ def test_trainer_settings_round_trip_through_the_cli(tmp_path):
                  "--trainer.strategy", "--resume"):
         assert flag in proc.stdout
     assert TrainerSettings().strategy == "auto"
+
+
+def test_training_core_runs_without_duckdb_or_polars(tiny_model_path, tmp_path):
+    """The GPU box has no duckdb or polars: the core must train from a Parquet file without them."""
+    pairs = write_case_pairs(tmp_path / "p.parquet", 8)
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["duckdb"] = None   # any import of them now fails
+        sys.modules["polars"] = None
+        from proxyreward_pl.trainer import main
+        main([{str(pairs)!r}, {str(tmp_path / "run")!r}, "--config", "configs/tiny.yaml",
+              "--model.path", {str(tiny_model_path)!r}, "--trainer.max_steps", "2", "--data.max_length", "96"])
+    """)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=600, cwd=str(REPO))
+    assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").exists()
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["global_step"] == 2

@@ -89,3 +89,19 @@ def test_pairs_naming_missing_rollouts_are_refused(seeded_lake):
 def test_bad_settings_are_refused_by_the_parser(seeded_lake, flag):
     proc = run_cli("train", "--iteration", "1", flag, "nonsense", lake=seeded_lake.root)
     assert proc.returncode == 2 and flag.lstrip("-") in proc.stderr
+
+
+def test_prepare_only_then_the_core_trains_from_the_file(seeded_lake, tmp_path):
+    add_pairs(seeded_lake, 1)
+    proc = run_cli("train", "--iteration", "1", *FAST, "--prepare_only", "true", lake=seeded_lake.root, check=True)
+    pairs_file = proc.stdout.strip().split(": ", 1)[1]
+    assert seeded_lake.read("pairs", 1)["ref_chosen_logp"].null_count() == 0
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-m", "proxyreward_pl.trainer", pairs_file, str(tmp_path / "core"),
+                    "--config", "configs/tiny.yaml", "--model.path", json.loads(
+                        seeded_lake.sql("SELECT config FROM runs").item())["model"]["path"],
+                    "--trainer.max_steps", "1", "--data.max_length", "128", "--lora.r", "4"],
+                   check=True, timeout=600)
+    assert (tmp_path / "core" / "adapter" / "adapter_config.json").exists()

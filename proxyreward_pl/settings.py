@@ -1,0 +1,104 @@
+"""Settings of the training core, as typed dataclasses: the CLI, the YAML configs and the code share them.
+
+Kept free of heavy imports (no torch, no lightning) so the command line starts fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How pairs are tokenised and batched."""
+
+    max_length: int = 2048
+    """Prompt + answer tokens per sequence; longer answers lose their end."""
+    max_prompt_length: int | None = None
+    """Prompt tokens kept (from its start); default max_length // 2."""
+    batch_size: int = 2
+    """Pairs per device per micro-batch."""
+    eval_batch_size: int | None = None
+    group_by_length: bool = True
+    """Batch pairs of similar length together (less padding); the order stays seeded."""
+    seed: int = 0
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """The LoRA adapter (peft)."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = DEFAULT_TARGETS
+    """Default: every attention and MLP projection."""
+
+
+@dataclass(frozen=True)
+class DPOSettings:
+    """The preference loss."""
+
+    beta: float = 0.1
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"
+    label_smoothing: float = 0.0
+    """> 0: conservative DPO (sigmoid loss with flipped-label probability e)."""
+    sft_weight: float = 0.0
+    """Weight of the NLL of chosen answers per token (RPO); 0 disables it."""
+    reference: Literal["precomputed", "adapter_disabled"] = "precomputed"
+    """precomputed: log-probs stored with the pairs (from the policy before training);
+    adapter_disabled: the base model, computed on the fly."""
+
+
+@dataclass(frozen=True)
+class OptimSettings:
+    """AdamW with warm-up and decay."""
+
+    lr: float = 5e-7
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_ratio: float = 0.1
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+
+
+@dataclass
+class ModelSettings:
+    """Which weights, and how they run."""
+
+    path: str = ""
+    """A `from_pretrained` folder (or hub id where a hub is reachable)."""
+    init_adapter: str | None = None
+    """A PEFT adapter to continue training (iteration N starts from N-1's)."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """auto: bfloat16 weights on GPU, float32 on CPU."""
+    gradient_checkpointing: bool = False
+    head_chunk_size: int = 1024
+    """Answer tokens per LM-head tile."""
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainerSettings:
+    """Lightning's side: epochs, accumulation, devices, strategy, precision, checkpoints, loggers."""
+
+    epochs: int = 5
+    accumulate_grad_batches: int = 8
+    gradient_clip_val: float | None = 1.0
+    max_steps: int = -1
+    """Stop after this many optimizer steps (-1: run every epoch)."""
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    num_nodes: int = 1
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
+    precision: Literal["auto", "32-true", "bf16-mixed", "bf16-true", "16-mixed"] = "auto"
+    """auto: bf16-mixed on GPU, 32-true on CPU."""
+    checkpoint_every_n_steps: int = 50
+    log_every_n_steps: int = 1
+    loggers: tuple[str, ...] = ("csv", "tensorboard")
+    """Any of csv, tensorboard, wandb, mlflow (the last two need their packages and settings)."""
+    seed: int = 0
+    progress_bar: bool = True
