@@ -224,3 +224,18 @@ def test_training_core_runs_without_duckdb_or_polars(tiny_model_path, tmp_path):
     subprocess.run([sys.executable, "-c", code], check=True, timeout=600, cwd=str(REPO))
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").exists()
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["global_step"] == 2
+
+
+def test_gradient_checkpointing_trains_the_same_adapter(tiny_model_path, tmp_path):
+    pairs = write_case_pairs(tmp_path / "p.parquet", 8)
+    s = small_settings(tiny_model_path, max_steps=2)
+    states = {}
+    for gc in (False, True):
+        model = ModelSettings(path=str(tiny_model_path), gradient_checkpointing=gc)
+        train_pairs(str(pairs), str(tmp_path / f"gc{gc}"), model, s["lora"], DPOSettings(),
+                    OptimSettings(lr=1e-2, warmup_ratio=0), s["data"], s["trainer"])
+        states[gc] = lora_state(PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_path),
+                                                          tmp_path / f"gc{gc}" / "adapter"))
+    assert any(v.abs().sum() > 0 for k, v in states[True].items() if "lora_B" in k)  # LoRA did train
+    for k in states[False]:
+        torch.testing.assert_close(states[True][k], states[False][k], atol=1e-5, rtol=1e-4)
