@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE=1
 export TRANSFORMERS_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false
 
-.PHONY: setup test test-all iterate lint clean-lake bench-dpo
+.PHONY: setup test test-all iterate lint clean-lake bench-dpo bench-judge
 
 setup: $(STAMP)
 	@test -d datalake/tables/meta_questions || $(BIN)/proxyreward seed
@@ -46,6 +46,10 @@ iterate: setup .cache/tiny-model/proxyreward_tiny.json
 # DPO throughput and peak memory against TRL's DPOTrainer (prints ratios); `--gpu` on a GPU box.
 bench-dpo: setup
 	$(BIN)/python benchmarks/bench_dpo.py $(BENCH_ARGS)
+
+# Judge client requests/s against a local server with injected latency (ratio to C/L, speed-up over serial).
+bench-judge: setup
+	$(BIN)/python benchmarks/bench_judge.py $(BENCH_ARGS)
 
 lint: setup
 	$(BIN)/ruff check proxyreward_pl tests benchmarks

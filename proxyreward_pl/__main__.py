@@ -15,6 +15,7 @@ from typing import Any
 from . import dataset, query, tiny
 from .cliconfig import filter_config, rewrite_config  # noqa: F401  (filter_config: used by tests)
 from .errors import ProxyRewardError
+from .score import score
 from .train import train
 
 
@@ -38,6 +39,7 @@ COMMANDS: dict[str, Any] = {
     "sql": (query.sql, ("query",)),
     "lake": {"status": (query.lake_status, ())},
     "tiny-model": (tiny_model, ("out",)),
+    "score": (score, ()),
     "train": (train, ()),
 }
 

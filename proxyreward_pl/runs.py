@@ -24,7 +24,7 @@ def _row(run_id: str, iteration: int, stage: str, status: str, started: datetime
 def record_run(lake: Lake, iteration: int, stage: str, config: dict) -> Iterator[dict]:
     """Record a stage run: 'running' now; 'finished' with the metrics the body put in the yielded dict, or
     'failed' with the error. The row lives in its own file, so each update replaces it."""
-    run_id = f"{stage}-{iteration}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    run_id = f"{stage.replace(':', '-')}-{iteration}-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     started = datetime.now(UTC)
     name = f"run-{run_id}"
     lake.write("runs", [_row(run_id, iteration, stage, "running", started, config, None, None)],

@@ -102,3 +102,51 @@ class TrainerSettings:
     """Any of csv, tensorboard, wandb, mlflow (the last two need their packages and settings)."""
     seed: int = 0
     progress_bar: bool = True
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Where text is generated or judged: Hugging Face in-process, vLLM in-process, or any OpenAI-compatible
+    server (OpenAI, `vllm serve`, ...)."""
+
+    engine: Literal["hf", "vllm", "openai"] = "hf"
+    model: str = "tiny"
+    """A from_pretrained folder for hf/vllm (`tiny`: the offline tiny model), or the served model's name."""
+    base_url: str | None = None
+    """The server's URL for engine=openai (e.g. http://127.0.0.1:8000/v1); None: OpenAI's."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """The environment variable holding the API key (never the key itself)."""
+    server: Literal["openai", "vllm"] = "openai"
+    """What answers at base_url; a vLLM server also takes regex-constrained decoding."""
+    api: Literal["chat", "completions"] = "chat"
+    max_concurrency: int = 16
+    """Requests in flight at once (engine=openai)."""
+    timeout: float = 120.0
+    """Seconds per request before it is abandoned and retried."""
+    max_retries: int = 6
+    """Retries on 429, 5xx, time-outs and dropped connections (exponential back-off with jitter;
+    Retry-After is honoured)."""
+    retry_initial: float = 0.5
+    retry_max: float = 30.0
+    structured: Literal["auto", "json_schema", "regex", "none"] = "auto"
+    """Constrained output: auto = regex on vLLM, a JSON schema on other servers, none on hf."""
+    batch_size: int = 16
+    """Prompts per batch (engine=hf)."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    max_model_len: int = 2048
+    gpu_memory_utilization: float | None = None
+    """vLLM's memory share (on CPU: of the NUMA node, for the KV cache); None: 0.9 on GPU, 0.1 on CPU."""
+    tensor_parallel_size: int = 1
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class JudgeSettings(EngineSettings):
+    """The judge: an engine plus how it is asked."""
+
+    mode: Literal["generate", "logprob"] = "generate"
+    """generate: one request per response deciding all its statements (the paper's setting); logprob: per
+    statement, compare the next-token probability of True and False (valid even for tiny models)."""
+    max_tokens: int = 512
+    parse_retries: int = 2
+    """Re-asks after a malformed or incomplete answer before the rollout is recorded as failed."""

@@ -7,30 +7,8 @@ import json
 import polars as pl
 import pytest
 
-from proxyreward_pl.dataset import seed_records
-from proxyreward_pl.lake import Lake
 from tests.conftest import run_cli
-
-
-def add_pairs(lake: Lake, iteration: int, n_questions: int = 8) -> None:
-    """Two literal rollouts per train question (true facts vs false ones) and the pair between them."""
-    records = [r for r in seed_records() if r.split == "train"][:n_questions]
-    rollouts, pairs = [], []
-    for r in records:
-        true = " ".join(s for s, a in r.statements if a)
-        false = " ".join(s for s, a in r.statements if not a)
-        for k, text in enumerate((true, false)):
-            rollouts.append({"iteration": iteration, "rollout_id": f"{iteration}:{r.question_id}:{k}",
-                             "question_id": r.question_id, "policy": "test", "sample_index": k, "response": text,
-                             "n_tokens": len(text.split()), "finish_reason": "stop"})
-        pairs.append({"iteration": iteration, "question_id": r.question_id,
-                      "chosen_rollout_id": f"{iteration}:{r.question_id}:0",
-                      "rejected_rollout_id": f"{iteration}:{r.question_id}:1",
-                      "chosen_score": 0.9, "rejected_score": 0.2, "score_variance": 0.1})
-    with lake.transaction() as tx:
-        tx.replace("rollouts", rollouts, iteration=iteration)
-        tx.replace("pairs", pairs, iteration=iteration)
-
+from tests.lake_helpers import add_pairs
 
 FAST = ["--config", "configs/tiny.yaml", "--trainer.epochs", "1", "--data.max_length", "128",
         "--lora.r", "4", "--lora.alpha", "8"]

@@ -45,6 +45,7 @@ CREATE TABLE judgments (
     predicted    BOOLEAN,                -- NULL: the judge said Unknown, or could not answer
     status       VARCHAR NOT NULL CHECK (status IN ('ok', 'unknown', 'failed')),
     prompt_hash  VARCHAR NOT NULL,
+    detail       VARCHAR,                -- why it failed
     PRIMARY KEY (iteration, rollout_id, statement_id, judge)
 );
 
@@ -55,6 +56,8 @@ CREATE TABLE scores (
     reward      VARCHAR NOT NULL,        -- proxy_accuracy, proxy_precision, llm_judge, longreward, ...
     score       DOUBLE,                  -- NULL when status = 'failed'
     status      VARCHAR NOT NULL CHECK (status IN ('ok', 'failed')),
+    judge       VARCHAR,                 -- engine:model|mode that produced it
+    detail      VARCHAR,                 -- the failure's reason, or the judge's rationale
     PRIMARY KEY (iteration, rollout_id, reward)
 );
 

