@@ -35,13 +35,10 @@ test: setup
 test-all: setup
 	$(BIN)/python -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
 
-# Until the loop lands this runs the stages that exist: the dataset, the tiny model, the lake's state.
-iterate: setup .cache/tiny-model/proxyreward_tiny.json
-	$(BIN)/proxyreward seed --config $(CONFIG)
-	$(BIN)/proxyreward lake status --config $(CONFIG)
-
-.cache/tiny-model/proxyreward_tiny.json: $(CONFIG) | setup
-	$(BIN)/proxyreward tiny-model .cache/tiny-model --config $(CONFIG)
+# Whole ProxyReward cycles on the embedded default (configs/tiny.yaml): base evaluation, then per iteration
+# rollout -> score -> select -> train -> evaluate; a re-run resumes where it stopped.
+iterate: setup
+	$(BIN)/proxyreward iterate --config $(CONFIG)
 
 # DPO throughput and peak memory against TRL's DPOTrainer (prints ratios); `--gpu` on a GPU box.
 bench-dpo: setup

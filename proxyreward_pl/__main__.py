@@ -15,7 +15,12 @@ from typing import Any
 from . import dataset, query, tiny
 from .cliconfig import filter_config, rewrite_config  # noqa: F401  (filter_config: used by tests)
 from .errors import ProxyRewardError
+from .evaluate import evaluate
+from .iterate import iterate
+from .report import report
+from .rollout import rollout
 from .score import score
+from .select import select
 from .train import train
 
 
@@ -39,8 +44,13 @@ COMMANDS: dict[str, Any] = {
     "sql": (query.sql, ("query",)),
     "lake": {"status": (query.lake_status, ())},
     "tiny-model": (tiny_model, ("out",)),
+    "rollout": (rollout, ()),
     "score": (score, ()),
+    "select": (select, ()),
     "train": (train, ()),
+    "evaluate": (evaluate, ()),
+    "iterate": (iterate, ()),
+    "report": (report, ()),
 }
 
 

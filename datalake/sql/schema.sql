@@ -90,6 +90,18 @@ CREATE TABLE runs (
     PRIMARY KEY (run_id)
 );
 
+CREATE TABLE eval_rollouts (             -- the answers `evaluate` judged, per iteration's policy
+    iteration     BIGINT  NOT NULL,
+    rollout_id    VARCHAR NOT NULL,
+    question_id   VARCHAR NOT NULL,
+    policy        VARCHAR NOT NULL,
+    sample_index  INTEGER NOT NULL,
+    response      VARCHAR NOT NULL,
+    n_tokens      INTEGER NOT NULL,
+    finish_reason VARCHAR,
+    PRIMARY KEY (iteration, rollout_id)
+);
+
 CREATE TABLE evaluations (
     iteration   BIGINT  NOT NULL,
     policy      VARCHAR NOT NULL,

@@ -9,11 +9,12 @@ Engines know nothing of the lake.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,7 @@ class Engine:
         self.settings = settings
         self.cache = cache
         self.sent = 0  # requests that reached the model (not served from the cache)
+        self.shared = False  # held by `shared_engines()`: close() leaves it open for the next stage
 
     @property
     def identity(self) -> str:
@@ -113,11 +115,47 @@ class Engine:
         raise NotImplementedError
 
     def close(self) -> None:
-        pass
+        if not self.shared:
+            self.release()
+
+    def release(self) -> None:
+        """Free the model (and the cache connection)."""
+        if self.cache is not None:
+            self.cache.close()
+
+
+_SHARED: dict[tuple, Engine] | None = None
+
+
+@contextlib.contextmanager
+def shared_engines() -> Iterator[None]:
+    """Within this block, engines with the same settings are made once and shared (one vLLM start per run)."""
+    global _SHARED
+    if _SHARED is not None:
+        yield
+        return
+    _SHARED = {}
+    try:
+        yield
+    finally:
+        pool, _SHARED = _SHARED, None
+        for engine in pool.values():
+            engine.release()
 
 
 def make_engine(settings: EngineSettings, cache_path: Path | None = None) -> Engine:
     """The engine `settings.engine` names, with a persistent cache at `cache_path` (None: no cache)."""
+    key = (str(cache_path),) + tuple(getattr(settings, f.name) for f in fields(EngineSettings))
+    if _SHARED is not None and key in _SHARED:
+        return _SHARED[key]
+    engine = _new_engine(settings, cache_path)
+    if _SHARED is not None:
+        engine.shared = True
+        _SHARED[key] = engine
+    return engine
+
+
+def _new_engine(settings: EngineSettings, cache_path: Path | None) -> Engine:
     cache = EngineCache(cache_path) if cache_path else None
     if settings.engine == "openai":
         from .openai_http import OpenAIEngine
@@ -132,4 +170,4 @@ def make_engine(settings: EngineSettings, cache_path: Path | None = None) -> Eng
     return HFEngine(settings, cache)
 
 
-__all__ = ["Engine", "EngineCache", "Request", "Result", "make_engine"]
+__all__ = ["Engine", "EngineCache", "Request", "Result", "make_engine", "shared_engines"]

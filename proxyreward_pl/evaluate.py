@@ -1,0 +1,118 @@
+"""`proxyreward evaluate --iteration N`: the eval meta-questions answered by iteration N's policy (N = 0:
+the base model; greedy decoding unless `evaluate.samples` > 1), judged by the proxy judge. ProxyQA-style
+accuracy and precision per question land in `evaluations`, the answers in `eval_rollouts`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import polars as pl
+
+from . import prompts
+from . import tiny as tiny_models
+from .engines import make_engine
+from .errors import ProxyRewardError
+from .lake import Lake
+from .rollout import policy_of, sample
+from .runs import record_run
+from .score import Tokens, ask, judge_name, proxy_questions, proxy_rows, rated_question, rated_rows, resolve_engine
+from .settings import EngineSettings, EvalSettings, JudgeSettings, RolloutSettings
+
+
+def evaluate(
+    iteration: int,
+    policy: EngineSettings = EngineSettings(),
+    judge: JudgeSettings = JudgeSettings(),
+    evaluation: EvalSettings = EvalSettings(),
+    sampling: RolloutSettings = RolloutSettings(),
+    tiny: tiny_models.TinyModelConfig = tiny_models.TinyModelConfig(),
+    lake: str | None = None,
+) -> dict:
+    """Answer the eval meta-questions with iteration N's policy and judge the answers with the proxy judge.
+
+    Args:
+        iteration: whose policy (0 = the base model).
+        policy: the engine that answers.
+        judge: the proxy judge.
+        evaluation: decoding (greedy by default), samples, LLM-judge win rate against iteration 0.
+        sampling: only served_adapter_prefix is read (how an OpenAI-compatible server names adapters).
+        tiny: the tiny model, when a model is `tiny`.
+        lake: lake root (default: PROXYREWARD_LAKE or the repository's datalake/).
+    """
+    from .dataset import ensure_seeded
+
+    lk = Lake(lake)
+    ensure_seeded(lk)
+    policy, judge = resolve_engine(policy, tiny), resolve_engine(judge, tiny)
+    adapter, name = policy_of(lk, iteration, policy, sampling.served_adapter_prefix)
+    questions = lk.sql("SELECT question_id, text, context FROM meta_questions WHERE split = 'eval' "
+                       "ORDER BY question_id").to_dicts()
+    if not questions:
+        raise ProxyRewardError("the lake has no eval meta-questions")
+    greedy = evaluation.samples == 1
+    config = {"policy": dataclasses.asdict(policy), "judge": dataclasses.asdict(judge),
+              "evaluation": dataclasses.asdict(evaluation)}
+    cache = lk.root / "cache" / "engine.sqlite"
+    with record_run(lk, iteration, "evaluate", config) as metrics:
+        gen = make_engine(policy, cache_path=cache)
+        try:
+            rows, gen_tokens = sample(gen, questions, iteration=iteration, k=evaluation.samples,
+                                      temperature=0.0 if greedy else evaluation.temperature, top_p=1.0,
+                                      max_new_tokens=evaluation.max_new_tokens, seed=0, adapter=adapter, policy=name,
+                                      label=f"eval answers of iteration {iteration}")
+        finally:
+            gen.close()
+        for r in rows:
+            r["rollout_id"] = "eval:" + r["rollout_id"]
+        statements: dict[str, list[dict]] = {}
+        for s in lk.sql("SELECT * FROM proxy_questions ORDER BY question_id, position").to_dicts():
+            statements.setdefault(s["question_id"], []).append(s)
+        engine = make_engine(judge, cache_path=cache)
+        tokens = Tokens()
+        try:
+            by_id = {q["question_id"]: q for q in questions}
+            outcomes = ask(engine, proxy_questions(rows, statements, by_id, judge), judge.parse_retries, tokens,
+                           f"judging eval answers of iteration {iteration}")
+            _, scores = proxy_rows(iteration, rows, statements, outcomes, judge_name(engine, judge),
+                                   prompts.template_hash("proxy_judge"), judge.mode)
+            if evaluation.llm_judge_win_rate and iteration > 0:
+                scores += win_rate_rows(lk, iteration, rows, by_id, engine, judge, tokens)
+        finally:
+            engine.close()
+        frame = pl.DataFrame(scores).filter(pl.col("status") == "ok")
+        evaluations = (frame.group_by("question_id", "reward").agg(pl.col("score").mean())
+                       .with_columns(iteration=pl.lit(iteration), policy=pl.lit(name)).sort("question_id", "reward"))
+        with lk.transaction() as tx:
+            tx.replace("eval_rollouts", rows, iteration=iteration)
+            tx.replace("evaluations", evaluations, iteration=iteration)
+        means = {r["reward"]: r["score"] for r in evaluations.group_by("reward").agg(pl.col("score").mean()).to_dicts()}
+        metrics.update(policy=name, questions=len(questions), answers=len(rows), failed=len(scores) - frame.height,
+                       mean_tokens=sum(r["n_tokens"] for r in rows) / len(rows), **{f"eval_{k}": v
+                                                                                     for k, v in means.items()},
+                       judge_sent=tokens.sent, judge_cached=tokens.cached, generated_tokens=gen_tokens["generated"])
+    print(f"iteration {iteration} ({name}): eval proxy accuracy {means.get('proxy_accuracy', float('nan')):.3f}, "
+          f"precision {means.get('proxy_precision', float('nan')):.3f} over {len(questions)} questions")
+    return dict(metrics)
+
+
+def win_rate_rows(lk: Lake, iteration: int, rows: list[dict], questions: dict, engine, judge: JudgeSettings,
+                  tokens: Tokens) -> list[dict]:
+    """`llm_judge_win_vs_0` per answer: 1 if the LLM judge rates it above iteration 0's answer, 0.5 on a tie."""
+    base = {r["question_id"]: r for r in lk.read("eval_rollouts", 0).filter(pl.col("sample_index") == 0).to_dicts()}
+    if not base:
+        raise ProxyRewardError("the LLM-judge win rate compares with iteration 0: evaluate iteration 0 first")
+    both = [r for r in rows if r["question_id"] in base] + list(base.values())
+    asked = [rated_question("llm_judge", r, questions[r["question_id"]], judge) for r in both]
+    outcomes = ask(engine, asked, judge.parse_retries, tokens, "LLM-judge comparison with iteration 0")
+    rated = {r["rollout_id"]: s for r, s in zip(both, rated_rows(iteration, both, outcomes, "llm_judge", ""),
+                                               strict=True)}
+    out = []
+    for r in rows:
+        mine, theirs = rated[r["rollout_id"]], rated.get(base[r["question_id"]]["rollout_id"])
+        ok = mine["status"] == "ok" and theirs is not None and theirs["status"] == "ok"
+        win = None if not ok else 1.0 if mine["score"] > theirs["score"] else 0.5 if mine["score"] == theirs[
+            "score"] else 0.0
+        out.append({"question_id": r["question_id"], "rollout_id": r["rollout_id"], "reward": "llm_judge_win_vs_0",
+                    "score": win, "status": "ok" if ok else "failed"})
+    return out

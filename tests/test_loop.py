@@ -1,0 +1,170 @@
+"""The loop on the tiny model: rollouts, evaluation, `iterate` end to end, resume after SIGKILL, the lock,
+the report and the notebooks, on a lake the tiny pipeline really produced."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from proxyreward_pl.lake import Lake
+from tests.conftest import REPO, run_cli
+
+# Small and quick: HF engines, 6 questions x 3 answers, short answers, one epoch.
+SMALL = ["--config", "configs/tiny.yaml", "--policy.engine", "hf", "--judge.engine", "hf",
+         "--sampling.k", "3", "--sampling.max_questions", "6", "--sampling.max_new_tokens", "24",
+         "--evaluation.max_new_tokens", "24", "--trainer.epochs", "1", "--data.max_length", "256"]
+
+
+def iterate_cmd(lake: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "proxyreward_pl", "iterate", *SMALL, "--lake", str(lake), *extra]
+
+
+def table_counts(lake: Lake) -> dict:
+    return {(r["table"], r["iteration"]): r["rows"] for r in lake.status().to_dicts()}
+
+
+@pytest.fixture(scope="session")
+def pipeline_lake(tmp_path_factory) -> Path:
+    """A lake made by `proxyreward iterate` (2 iterations) on the tiny model, shared by the tests below."""
+    root = tmp_path_factory.mktemp("pipeline") / "lake"
+    proc = subprocess.run(iterate_cmd(root), cwd=REPO, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (root / "iterate.out").write_text(proc.stdout)
+    return root
+
+
+def test_iterate_produces_every_table(pipeline_lake):
+    lake = Lake(pipeline_lake)
+    counts = table_counts(lake)
+    for it in (1, 2):
+        assert counts[("rollouts", it)] == 6 * 3
+        assert counts[("scores", it)] == 6 * 3 * 2
+        assert counts[("pairs", it)] >= 1
+        assert (lake.adapter_dir(it) / "adapter_model.safetensors").exists()
+    assert sorted(lake.read("evaluations")["iteration"].unique()) == [0, 1, 2]
+    stages = lake.sql("SELECT iteration, stage FROM runs WHERE status = 'finished' ORDER BY ALL").rows()
+    assert len(stages) == 1 + 2 * 5
+    out = (pipeline_lake / "iterate.out").read_text()
+    assert "eval_accuracy" in out and "report:" in out
+
+
+def test_pairs_beat_their_rejected_answer_and_sit_in_the_variance_band(pipeline_lake):
+    lake = Lake(pipeline_lake)
+    bad = lake.sql("SELECT * FROM pairs WHERE chosen_score <= rejected_score")
+    assert bad.is_empty()
+    # recompute from scores: each pair's question is among the top half by variance of its iteration
+    check = lake.sql("""
+        WITH v AS (
+            SELECT iteration, question_id, var_samp(score) AS variance, max(score) - min(score) AS gap
+            FROM scores WHERE reward = 'proxy_accuracy' AND status = 'ok' GROUP BY ALL),
+        ranked AS (
+            SELECT *, row_number() OVER (PARTITION BY iteration ORDER BY variance DESC, question_id) AS r,
+                      count(*) OVER (PARTITION BY iteration) AS n
+            FROM v WHERE gap > 0)
+        SELECT p.iteration, p.question_id, ranked.r, ranked.n, p.score_variance, ranked.variance
+        FROM pairs p LEFT JOIN ranked USING (iteration, question_id)""")
+    assert check["r"].null_count() == 0
+    assert all(r <= -(-n // 2) for r, n in zip(check["r"], check["n"], strict=True))
+    assert all(abs(a - b) < 1e-12 for a, b in zip(check["score_variance"], check["variance"], strict=True))
+    # the chosen/rejected scores are those in `scores`
+    mismatch = lake.sql("""SELECT * FROM pairs p JOIN scores s ON s.iteration = p.iteration
+                           AND s.rollout_id = p.chosen_rollout_id AND s.reward = 'proxy_accuracy'
+                           WHERE s.score != p.chosen_score""")
+    assert mismatch.is_empty()
+
+
+def test_a_rerun_redoes_nothing(pipeline_lake):
+    before = table_counts(Lake(pipeline_lake))
+    proc = subprocess.run(iterate_cmd(pipeline_lake, "--report", "false"), cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("done earlier, skipped") == 11
+    assert table_counts(Lake(pipeline_lake)) == before
+
+
+def test_report_and_sql_analyses(pipeline_lake):
+    page = (pipeline_lake / "report" / "index.html").read_text()
+    assert page.count("<img src=\"data:image/png;base64,") >= 5
+    for name in ("scores", "variance", "evaluation", "training", "length_bias"):
+        assert (pipeline_lake / "report" / f"{name}.png").stat().st_size > 1000
+    for sql in sorted((REPO / "datalake" / "sql" / "analysis").glob("*.sql")):
+        out = run_cli("sql", "--file", str(sql), "--format", "csv", lake=pipeline_lake, check=True).stdout
+        assert len(out.splitlines()) >= 2, sql.name
+
+
+def test_notebooks_run_on_the_pipeline_lake(pipeline_lake):
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebooks = sorted((REPO / "notebooks").glob("*.ipynb"))
+    assert len(notebooks) >= 3
+    os.environ["PROXYREWARD_LAKE"] = str(pipeline_lake)
+    try:
+        for path in notebooks:
+            nb = nbformat.read(path, as_version=4)
+            NotebookClient(nb, timeout=300, kernel_name="python3",
+                           resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
+            errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+                      if o.get("output_type") == "error"]
+            assert not errors, (path.name, errors)
+    finally:
+        del os.environ["PROXYREWARD_LAKE"]
+
+
+def test_sigkill_at_any_point_then_rerun_matches_an_uninterrupted_run(pipeline_lake, tmp_path):
+    expected = table_counts(Lake(pipeline_lake))
+    lake = tmp_path / "lake"
+    for delay in (25, 45):  # kill twice, at different stages, then let it finish
+        proc = subprocess.Popen(iterate_cmd(lake, "--report", "false"), cwd=REPO, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    proc = subprocess.run(iterate_cmd(lake, "--report", "false"), cwd=REPO, capture_output=True, text=True,
+                          timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = table_counts(Lake(lake))
+    assert {k: v for k, v in got.items() if k[0] != "runs"} == {k: v for k, v in expected.items() if k[0] != "runs"}
+
+
+def test_a_second_iterate_on_the_same_lake_is_refused(seeded_lake):
+    with open(seeded_lake.root / ".iterate.lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fh.write("pid 12345")
+        fh.flush()
+        proc = run_cli("iterate", *SMALL, lake=seeded_lake.root)
+    assert proc.returncode == 1 and "another `proxyreward iterate` is running" in proc.stderr
+
+
+def test_rollout_and_evaluate_stages(seeded_lake):
+    common = ["--config", "configs/tiny.yaml", "--policy.engine", "hf", "--judge.engine", "hf"]
+    run_cli("rollout", "--iteration", "1", *common, "--sampling.k", "2", "--sampling.max_questions", "2",
+            "--sampling.max_new_tokens", "16", lake=seeded_lake.root, check=True)
+    rows = seeded_lake.read("rollouts", 1)
+    assert rows.height == 4 and set(rows["sample_index"]) == {0, 1}
+    assert (rows["n_tokens"] <= 16).all() and set(rows["finish_reason"]) <= {"stop", "length"}
+    assert rows["policy"].str.ends_with("+base").all()
+    # resumable: the same command again samples nothing
+    run_cli("rollout", "--iteration", "1", *common, "--sampling.k", "2", "--sampling.max_questions", "2",
+            "--sampling.max_new_tokens", "16", lake=seeded_lake.root, check=True)
+    metrics = [json.loads(m) for m in seeded_lake.sql("SELECT metrics FROM runs WHERE stage = 'rollout' "
+                                                      "ORDER BY started_at")["metrics"]]
+    assert metrics[0]["sent"] == 2 and metrics[1]["sent"] == 0 and metrics[1]["cached"] == 2
+    assert seeded_lake.read("rollouts", 1).equals(rows)
+
+    out = run_cli("evaluate", "--iteration", "0", *common, "--evaluation.max_new_tokens", "16",
+                  lake=seeded_lake.root, check=True).stdout
+    assert "eval proxy accuracy" in out
+    ev = seeded_lake.read("evaluations", 0)
+    assert ev.height == 16 * 2 and set(ev["reward"]) == {"proxy_accuracy", "proxy_precision"}
+    assert ev["score"].is_between(0, 1).all()
+    proc = run_cli("rollout", "--iteration", "3", *common, lake=seeded_lake.root)
+    assert proc.returncode == 1 and "train iteration 2 first" in proc.stderr
