@@ -122,7 +122,7 @@ def test_notebooks_run_on_the_pipeline_lake(pipeline_lake):
 def test_sigkill_at_any_point_then_rerun_matches_an_uninterrupted_run(pipeline_lake, tmp_path):
     expected = table_counts(Lake(pipeline_lake))
     lake = tmp_path / "lake"
-    for delay in (25, 45):  # kill twice, at different stages, then let it finish
+    for delay in (9, 13):  # kill twice, at different stages (each run resumes the last), then let it finish
         proc = subprocess.Popen(iterate_cmd(lake, "--report", "false"), cwd=REPO, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         time.sleep(delay)
@@ -145,7 +145,7 @@ def test_a_second_iterate_on_the_same_lake_is_refused(seeded_lake):
 
 
 def test_rollout_and_evaluate_stages(seeded_lake):
-    common = ["--config", "configs/tiny.yaml", "--policy.engine", "hf", "--judge.engine", "hf"]
+    common = ["--config", "configs/tiny.yaml", "--policy.engine", "hf"]
     run_cli("rollout", "--iteration", "1", *common, "--sampling.k", "2", "--sampling.max_questions", "2",
             "--sampling.max_new_tokens", "16", lake=seeded_lake.root, check=True)
     rows = seeded_lake.read("rollouts", 1)
@@ -160,7 +160,7 @@ def test_rollout_and_evaluate_stages(seeded_lake):
     assert metrics[0]["sent"] == 2 and metrics[1]["sent"] == 0 and metrics[1]["cached"] == 2
     assert seeded_lake.read("rollouts", 1).equals(rows)
 
-    out = run_cli("evaluate", "--iteration", "0", *common, "--evaluation.max_new_tokens", "16",
+    out = run_cli("evaluate", "--iteration", "0", *common, "--judge.engine", "hf", "--evaluation.max_new_tokens", "16",
                   lake=seeded_lake.root, check=True).stdout
     assert "eval proxy accuracy" in out
     ev = seeded_lake.read("evaluations", 0)
