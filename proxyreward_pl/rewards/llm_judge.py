@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import re
 
-from .errors import ParseError
+from .errors import ParseError, is_json, json_answer
 
 _SCORE = re.compile(r"score\s*[:=]\s*\**\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
 _RATIONALE = re.compile(r"rationale\s*[:=]\s*(.*)", re.IGNORECASE)
@@ -13,12 +12,8 @@ _RATIONALE = re.compile(r"rationale\s*[:=]\s*(.*)", re.IGNORECASE)
 
 def parse_rated(text: str, low: int, high: int) -> tuple[float, str]:
     """(score, rationale) from "Rationale: ...\\nScore: N" or {"rationale": ..., "score": N}."""
-    stripped = text.strip()
-    if stripped.startswith("{"):
-        try:
-            obj = json.loads(stripped)
-        except json.JSONDecodeError as exc:
-            raise ParseError(f"malformed JSON: {exc.msg}") from None
+    obj = json_answer(text)
+    if is_json(obj):
         score, rationale = obj.get("score") if isinstance(obj, dict) else None, str(obj.get("rationale", ""))
         if isinstance(score, bool) or not isinstance(score, int | float):
             raise ParseError("no numeric score")

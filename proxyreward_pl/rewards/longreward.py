@@ -8,10 +8,9 @@ meta-question's context when it has one, else by the judge's own knowledge and t
 
 from __future__ import annotations
 
-import json
 import re
 
-from .errors import ParseError
+from .errors import ParseError, is_json, json_answer
 
 DIMENSIONS = ("helpfulness", "logicality", "faithfulness", "completeness")
 SUPPORT = {"supported": 1.0, "partly": 0.5, "unsupported": 0.0}
@@ -20,19 +19,15 @@ _ITEM = re.compile(r"^\s*[-*]\s*(.+?)\s*\|\s*(supported|partly|unsupported)\s*$"
 
 def parse_faithfulness(text: str) -> list[tuple[str, str]]:
     """[(statement, support)] from lines "- statement | supported" or {"statements": [...]}."""
-    stripped = text.strip()
-    if stripped.startswith("{"):
-        try:
-            obj = json.loads(stripped)
-        except json.JSONDecodeError as exc:
-            raise ParseError(f"malformed JSON: {exc.msg}") from None
+    obj = json_answer(text)
+    if is_json(obj):
         items = obj.get("statements") if isinstance(obj, dict) else None
         if not isinstance(items, list):
             raise ParseError("no 'statements' list")
         out = [(str(i.get("text", "")), str(i.get("support", "")).lower()) for i in items if isinstance(i, dict)]
     else:
         out = [(m.group(1), m.group(2).lower()) for m in _ITEM.finditer(text)]
-        if not out and stripped:
+        if not out and text.strip():
             raise ParseError("no '- statement | support' lines")
     bad = [s for _, s in out if s not in SUPPORT]
     if bad:

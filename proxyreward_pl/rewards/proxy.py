@@ -11,11 +11,10 @@ Choices the paper leaves open, and ours:
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 
-from .errors import ParseError
+from .errors import ParseError, is_json, json_answer
 
 VERDICTS = {"true": True, "false": False, "unknown": None}
 _LINE = re.compile(r"^\s*(\d+)\s*[:.)-]\s*\**\s*(true|false|unknown)\b", re.IGNORECASE | re.MULTILINE)
@@ -39,12 +38,8 @@ def parse_verdicts(text: str, n: int) -> list[bool | None]:
     """Verdicts for statements 1..n from a judge answer: a JSON object {"1": "True", ...} (or
     {"answers": {...}}) or lines "1: True". Raises ValueError when any statement is missing or malformed."""
     found: dict[int, bool | None] = {}
-    stripped = text.strip()
-    if stripped.startswith("{"):
-        try:
-            obj = json.loads(stripped)
-        except json.JSONDecodeError as exc:
-            raise ParseError(f"malformed JSON: {exc.msg}") from None
+    obj = json_answer(text)
+    if is_json(obj):
         if isinstance(obj, dict) and isinstance(obj.get("answers"), dict):
             obj = obj["answers"]
         if not isinstance(obj, dict):
