@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from . import dataset, query, tiny
+from . import dataset, generate, query, tiny
 from .cliconfig import filter_config, rewrite_config  # noqa: F401  (filter_config: used by tests)
 from .errors import ProxyRewardError
 from .evaluate import evaluate
@@ -44,6 +44,8 @@ COMMANDS: dict[str, Any] = {
     "sql": (query.sql, ("query",)),
     "lake": {"status": (query.lake_status, ())},
     "tiny-model": (tiny_model, ("out",)),
+    "dataset": {"generate": (generate.generate, ()), "proxyqa": (generate.proxyqa, ("path",)),
+                "stats": (generate.stats, ())},
     "rollout": (rollout, ()),
     "score": (score, ()),
     "select": (select, ()),

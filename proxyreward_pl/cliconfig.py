@@ -34,6 +34,9 @@ def rewrite_config(argv: list[str], fn: Callable) -> list[str]:
         elif arg.startswith("--config="):
             value, i = arg.split("=", 1)[1], i + 1
         else:
+            if arg.startswith("--") and "-" in arg[2:].split("=", 1)[0]:  # --per-question == --per_question
+                name, eq, val = arg[2:].partition("=")
+                arg = "--" + name.replace("-", "_") + eq + val
             out.append(arg)
             i += 1
             continue

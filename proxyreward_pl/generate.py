@@ -1,0 +1,382 @@
+"""`proxyreward dataset generate|proxyqa|stats`: meta-questions and proxy statements written by an LLM.
+
+Step 1 asks the generator for open-ended meta-questions per domain (balanced over the domains); step 2
+asks, per meta-question, for `per_question` boolean proxy statements with their answers (a share false).
+Both use structured output (a JSON schema, or a regex on vLLM). Every rule that drops something is
+counted in the summary. Every answer is cached as it arrives (the engine cache), so a killed run
+continues without regenerating anything and a re-run costs nothing; the result replaces its own part of
+`meta_questions` and `proxy_questions` in one transaction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+from . import prompts
+from . import tiny as tiny_models
+from .dataset import Record, part_name, read_proxyqa, store
+from .engines import Request, make_engine
+from .errors import ProxyRewardError
+from .lake import Lake
+from .rewards.errors import ParseError, is_json, json_answer
+from .runs import record_run
+from .score import Asked, Tokens, answer_form, ask, resolve_engine
+from .settings import EngineSettings
+
+DEFAULT_DOMAINS = ("science", "history", "technology", "economics", "geography", "arts", "health", "sports")
+TIME_WORDS = re.compile(r"\b(current(ly)?|nowadays|today|latest|recent(ly)?|as of|this year|upcoming)\b", re.I)
+STOPWORDS = frozenset("a an the of and or in on to for with by from how what why which who does do is are was "
+                      "were be its their this that these those as at into about between explain describe "
+                      "discuss compare".split())
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """What the generator is asked for, and the rules its output must pass."""
+
+    per_question: int = 15
+    """Proxy statements asked for per meta-question."""
+    false_share: float = 0.25
+    """Share of them asked to be false."""
+    questions_per_request: int = 8
+    time_insensitive: bool = True
+    """Ask for, and keep only, questions that do not depend on time."""
+    min_statements: int = 10
+    """A question keeps only if this many statements survive the rules."""
+    false_share_bounds: tuple[float, float] = (0.1, 0.45)
+    """Surviving statements must have a false share within these bounds."""
+    statement_words: tuple[int, int] = (5, 60)
+    question_words: tuple[int, int] = (6, 80)
+    near_duplicate: float = 0.7
+    """Two questions whose content-word sets overlap this much (Jaccard) count as one."""
+    max_requests_per_domain: int = 6
+    temperature: float = 0.8
+    max_tokens: int = 2048
+    seed: int = 0
+
+
+def normalise(text: str) -> str:
+    return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
+
+
+def content_words(text: str) -> frozenset[str]:
+    return frozenset(w for w in normalise(text).split() if w not in STOPWORDS)
+
+
+def jaccard(a: frozenset, b: frozenset) -> float:
+    return len(a & b) / len(a | b) if a or b else 1.0
+
+
+# -- parsing ---------------------------------------------------------------------------------------
+def parse_questions(text: str) -> list[str]:
+    obj = json_answer(text)
+    if is_json(obj):
+        items = obj.get("questions") if isinstance(obj, dict) else None
+        if not isinstance(items, list) or not all(isinstance(q, str) for q in items):
+            raise ParseError("no 'questions' list of strings")
+        return [q.strip() for q in items if q.strip()]
+    found = [m.strip() for m in re.findall(r"^\s*Q:\s*(.+)$", text, re.M)]
+    if not found:
+        raise ParseError("no 'Q: ' lines")
+    return found
+
+
+def parse_statements(text: str) -> list[tuple[str, bool]]:
+    obj = json_answer(text)
+    if is_json(obj):
+        items = obj.get("statements") if isinstance(obj, dict) else None
+        if not isinstance(items, list):
+            raise ParseError("no 'statements' list")
+        out = []
+        for i, item in enumerate(items):
+            if not (isinstance(item, dict) and isinstance(item.get("statement"), str)
+                    and isinstance(item.get("answer"), bool)):
+                raise ParseError(f"statement {i}: needs a string 'statement' and a boolean 'answer'")
+            out.append((item["statement"].strip(), item["answer"]))
+        return out
+    found = [(m.group(2).strip(), m.group(1).lower() == "true")
+             for m in re.finditer(r"^\s*-\s*(True|False)\s*:\s*(.+)$", text, re.M | re.I)]
+    if not found:
+        raise ParseError("no '- True: ' / '- False: ' lines")
+    return found
+
+
+def questions_schema(count: int) -> dict:
+    return {"type": "object", "properties": {"questions": {"type": "array", "items": {"type": "string"},
+                                                           "minItems": 1, "maxItems": count}},
+            "required": ["questions"], "additionalProperties": False}
+
+
+def statements_schema(count: int) -> dict:
+    item = {"type": "object", "properties": {"statement": {"type": "string"}, "answer": {"type": "boolean"}},
+            "required": ["statement", "answer"], "additionalProperties": False}
+    return {"type": "object", "properties": {"statements": {"type": "array", "items": item, "maxItems": count}},
+            "required": ["statements"], "additionalProperties": False}
+
+
+def questions_regex(count: int) -> str:
+    return f"(Q: [A-Z][^\\n]{{30,240}}\\n){{{count}}}"
+
+
+def statements_regex(count: int) -> str:
+    return f"(- (True|False): [A-Z][^\\n]{{25,220}}\\n){{{count}}}"
+
+
+# -- the generator ------------------------------------------------------------------------------------
+class Generator:
+    """Asks the engine, applies the rules, counts what each rule dropped."""
+
+    def __init__(self, engine, settings: GenerationSettings, engine_settings: EngineSettings):
+        self.engine, self.s, self.form = engine, settings, answer_form(engine_settings)
+        self.counts: Counter = Counter()
+        self.tokens = Tokens()
+
+    def _request(self, prompt: str, schema: dict, regex: str, seed: int) -> Request:
+        kw = ({"regex": regex} if self.form == "regex" else {"json_schema": schema} if self.form == "json_schema"
+              else {})
+        return Request([{"role": "user", "content": prompt}], max_tokens=self.s.max_tokens,
+                       temperature=self.s.temperature, seed=seed, **kw)
+
+    def _fmt(self) -> str:
+        return "json" if self.form == "json_schema" else "lines"
+
+    def questions(self, domains: list[str], n: int, existing: list[str]) -> list[tuple[str, str]]:
+        """(domain, question) pairs, balanced over domains, none a (near) duplicate of another or of `existing`."""
+        per_domain = {d: n // len(domains) + (i < n % len(domains)) for i, d in enumerate(domains)}
+        kept: dict[str, list[str]] = {d: [] for d in domains}
+        seen = [(normalise(q), content_words(q)) for q in existing]
+        for batch in range(self.s.max_requests_per_domain):
+            wanted = [d for d in domains if len(kept[d]) < per_domain[d]]
+            if not wanted:
+                break
+            asked = []
+            for d in wanted:
+                prompt = prompts.render("generate_questions", domain=d, count=self.s.questions_per_request,
+                                        batch=batch + 1, avoid=kept[d][-20:], time_insensitive=self.s.time_insensitive,
+                                        answer_format=self._fmt())
+                req = self._request(prompt, questions_schema(self.s.questions_per_request),
+                                    questions_regex(self.s.questions_per_request),
+                                    seed=self.s.seed * 7919 + batch * 101 + domains.index(d))
+                asked.append(Asked(req, lambda res: parse_questions(res.texts[0]), (d, batch)))
+            outcomes = ask(self.engine, asked, 0, self.tokens, f"meta-questions, round {batch + 1}")
+            for d in wanted:
+                o = outcomes[(d, batch)]
+                if o.error:
+                    self.counts["question_requests_failed"] += 1
+                    continue
+                for q in o.value:
+                    self.counts["questions_generated"] += 1
+                    reason = self._question_problem(q, seen)
+                    if reason:
+                        self.counts[reason] += 1
+                    elif len(kept[d]) < per_domain[d]:
+                        kept[d].append(q)
+                        seen.append((normalise(q), content_words(q)))
+                    else:
+                        self.counts["questions_over_quota"] += 1
+        return [(d, q) for d in domains for q in kept[d]]
+
+    def _question_problem(self, q: str, seen: list[tuple[str, frozenset]]) -> str | None:
+        words = len(q.split())
+        lo, hi = self.s.question_words
+        if not lo <= words <= hi:
+            return "question_length"
+        if self.s.time_insensitive and TIME_WORDS.search(q):
+            return "time_sensitive_question"
+        norm, cw = normalise(q), content_words(q)
+        if any(norm == n for n, _ in seen):
+            return "duplicate_question"
+        if any(jaccard(cw, c) >= self.s.near_duplicate for _, c in seen):
+            return "near_duplicate_question"
+        return None
+
+    def statements(self, questions: list[tuple[str, str]]) -> dict[str, list[tuple[str, bool]]]:
+        """Surviving statements per question text (questions that fail the rules are absent)."""
+        n, false_n = self.s.per_question, max(1, round(self.s.per_question * self.s.false_share))
+        asked = []
+        for i, (_, q) in enumerate(questions):
+            prompt = prompts.render("generate_statements", question=q, count=n, false_count=false_n,
+                                    answer_format=self._fmt())
+            req = self._request(prompt, statements_schema(n), statements_regex(n), seed=self.s.seed * 7919 + i)
+            asked.append(Asked(req, lambda res: parse_statements(res.texts[0]), (q,)))
+        outcomes = ask(self.engine, asked, 1, self.tokens, f"proxy statements for {len(questions)} questions")
+        kept = {}
+        for _, q in questions:
+            o = outcomes[(q,)]
+            if o.error:
+                self.counts["statement_requests_failed"] += 1
+                continue
+            survivors = self._filter_statements(q, o.value)
+            falses = sum(not a for _, a in survivors)
+            lo, hi = self.s.false_share_bounds
+            if len(survivors) < self.s.min_statements:
+                self.counts["too_few_statements"] += 1
+            elif not lo <= falses / len(survivors) <= hi:
+                self.counts["unbalanced_questions"] += 1
+            else:
+                kept[q] = survivors
+        return kept
+
+    def _filter_statements(self, question: str, items: list[tuple[str, bool]]) -> list[tuple[str, bool]]:
+        out, seen = [], set()
+        qn, qw = normalise(question), content_words(question)
+        lo, hi = self.s.statement_words
+        for text, answer in items:
+            self.counts["statements_generated"] += 1
+            norm = normalise(text)
+            if not lo <= len(text.split()) <= hi:
+                self.counts["statement_length"] += 1
+            elif norm in seen:
+                self.counts["duplicate_statements"] += 1
+            elif norm in qn or qn in norm or jaccard(content_words(text), qw) >= 0.8:
+                self.counts["statements_repeating_question"] += 1
+            else:
+                seen.add(norm)
+                out.append((text, answer))
+        return out
+
+
+def _question_id(domain: str, text: str) -> str:
+    return f"gen-{domain}-{hashlib.sha256(normalise(text).encode()).hexdigest()[:10]}"
+
+
+def _split(question_id: str, share: float) -> str:
+    bucket = int(hashlib.sha256(question_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return "eval" if bucket < share else "train"
+
+
+def _source(engine_settings: EngineSettings) -> str:
+    h = hashlib.sha256((prompts.template_hash("generate_questions") + prompts.template_hash("generate_statements"))
+                       .encode()).hexdigest()[:12]
+    return f"generated:{engine_settings.model}:{h}"
+
+
+def generate(
+    n: int = 100,
+    domains: str | None = None,
+    per_question: int = 15,
+    split_eval: float = 0.1,
+    generator: EngineSettings = EngineSettings(),
+    generation: GenerationSettings = GenerationSettings(),
+    tiny: tiny_models.TinyModelConfig = tiny_models.TinyModelConfig(),
+    lake: str | None = None,
+) -> dict:
+    """Generate N meta-questions over the domains and their proxy statements, validate, deduplicate, store.
+
+    Args:
+        n: meta-questions to generate (balanced over the domains; fewer if the rules drop some).
+        domains: comma-separated domains (default: science, history, technology, economics, geography, arts,
+            health, sports).
+        per_question: proxy statements asked for per meta-question.
+        split_eval: share of the questions that go to the eval split (by a hash of their id).
+        generator: the engine that writes (--generator.engine, --generator.model, --generator.base_url, ...).
+        generation: false share, rules and bounds.
+        tiny: the tiny model, when generator.model is `tiny`.
+        lake: lake root (default: PROXYREWARD_LAKE or the repository's datalake/).
+    """
+    names = [d.strip() for d in (domains.split(",") if domains else DEFAULT_DOMAINS) if d.strip()]
+    if n < 1 or not names:
+        raise ProxyRewardError("give --n >= 1 and at least one domain")
+    if not 0 <= split_eval < 1:
+        raise ProxyRewardError("--split_eval must be in [0, 1)")
+    lk = Lake(lake)
+    generator = resolve_engine(generator, tiny)
+    settings = dataclasses.replace(generation, per_question=per_question)
+    engine = make_engine(generator, cache_path=lk.root / "cache" / "engine.sqlite")
+    source = _source(generator)
+    config = {"n": n, "domains": names, "split_eval": split_eval, "generator": dataclasses.asdict(generator),
+              "generation": dataclasses.asdict(settings)}
+    with record_run(lk, 0, "dataset:generate", config) as metrics:
+        gen = Generator(engine, settings, generator)
+        try:
+            # every question already in the lake counts for deduplication, except this generator's own
+            # (a re-run replaces them)
+            existing = lk.sql("SELECT text FROM meta_questions WHERE source != ?", [source])["text"].to_list()
+            questions = gen.questions(names, n, existing)
+            statements = gen.statements(questions)
+        finally:
+            engine.close()
+        records = []
+        for domain, q in questions:
+            if q not in statements:
+                continue
+            qid = _question_id(domain, q)
+            records.append(Record(qid, q, domain, _split(qid, split_eval), source, None, statements[q]))
+        if not records:
+            raise ProxyRewardError(f"no generated question passed the rules: {dict(gen.counts)}")
+        counts = store(lk, records, part_name(f"generated-{hashlib.sha256(source.encode()).hexdigest()[:12]}"))
+        gen.counts.update(questions_kept=counts["meta_questions"], statements_kept=counts["proxy_questions"])
+        metrics.update(summary=dict(gen.counts), sent=gen.tokens.sent, cached=gen.tokens.cached,
+                       prompt_tokens=gen.tokens.prompt, completion_tokens=gen.tokens.completion, source=source)
+    print_summary(gen.counts)
+    return dict(metrics)
+
+
+def print_summary(counts: Counter) -> None:
+    print("dataset generation summary:")
+    for key in sorted(counts):
+        print(f"  {key:32} {counts[key]}")
+
+
+def proxyqa(
+    path: str,
+    per_question: int = 15,
+    generator: EngineSettings = EngineSettings(),
+    generation: GenerationSettings = GenerationSettings(),
+    tiny: tiny_models.TinyModelConfig = tiny_models.TinyModelConfig(),
+    lake: str | None = None,
+) -> dict:
+    """Import ProxyQA's public meta-questions (eval split) and generate unofficial proxy statements for them.
+
+    Args:
+        path: a ProxyQA `save_to_disk` folder.
+        per_question: proxy statements asked for per meta-question.
+        generator: the engine that writes the statements.
+        generation: false share, rules and bounds.
+        tiny: the tiny model, when generator.model is `tiny`.
+        lake: lake root (default: PROXYREWARD_LAKE or the repository's datalake/).
+    """
+    from pathlib import Path
+
+    records = read_proxyqa(Path(path))
+    lk = Lake(lake)
+    generator = resolve_engine(generator, tiny)
+    settings = dataclasses.replace(generation, per_question=per_question)
+    engine = make_engine(generator, cache_path=lk.root / "cache" / "engine.sqlite")
+    source = f"proxyqa-unofficial:{_source(generator)}"
+    with record_run(lk, 0, "dataset:proxyqa", {"path": str(path), "generator": dataclasses.asdict(generator),
+                                                "generation": dataclasses.asdict(settings)}) as metrics:
+        gen = Generator(engine, settings, generator)
+        try:
+            statements = gen.statements([(r.domain, r.text) for r in records])
+        finally:
+            engine.close()
+        for r in records:  # every meta-question is kept; those whose statements failed have none
+            r.source, r.statements = source, statements.get(r.text, [])
+        counts = store(lk, records, part_name(f"import-{Path(path).name}"))
+        gen.counts.update(questions_with_statements=sum(bool(r.statements) for r in records),
+                          statements_kept=counts["proxy_questions"])
+        metrics.update(summary=dict(gen.counts), sent=gen.tokens.sent, cached=gen.tokens.cached)
+    print(f"imported {counts['meta_questions']} ProxyQA meta-questions (eval split) with "
+          f"{counts['proxy_questions']} unofficial proxy statements")
+    print_summary(gen.counts)
+    return dict(metrics)
+
+
+def stats(lake: str | None = None):
+    """Domains, counts, true/false balance and statement lengths of the lake's dataset
+    (datalake/sql/analysis/dataset_stats.sql).
+
+    Args:
+        lake: lake root (default: PROXYREWARD_LAKE or the repository's datalake/).
+    """
+    from .query import render
+
+    frame = Lake(lake).run_sql_file("analysis/dataset_stats")
+    print(render(frame, max_rows=500))
+    return frame
+
