@@ -103,7 +103,8 @@ class JudgeServer:
                 fault = self.faults[self._next_fault % len(self.faults)]
                 self._next_fault += 1
             self.log.append({"prompt_hash": hashlib.sha256(prompt.encode()).hexdigest(), "fault": fault,
-                             "path": handler.path})
+                             "path": handler.path, "structured_outputs": body.get("structured_outputs"),
+                             "response_format": body.get("response_format")})
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:

@@ -168,3 +168,19 @@ def test_rollout_and_evaluate_stages(seeded_lake):
     assert ev["score"].is_between(0, 1).all()
     proc = run_cli("rollout", "--iteration", "3", *common, lake=seeded_lake.root)
     assert proc.returncode == 1 and "train iteration 2 first" in proc.stderr
+
+
+def test_llm_judge_win_rate_against_iteration_zero(pipeline_lake, tmp_path):
+    import shutil
+
+    from tests.judge_server import JudgeServer
+
+    lake = tmp_path / "copy"
+    shutil.copytree(pipeline_lake, lake)
+    with JudgeServer(rating=6) as server:
+        run_cli("evaluate", "--iteration", "2", *SMALL[:4], "--judge.engine", "openai", "--judge.model", "j",
+                "--judge.base_url", server.url, "--evaluation.max_new_tokens", "24",
+                "--evaluation.llm_judge_win_rate", "true", lake=lake, check=True)
+    ev = Lake(lake).read("evaluations", 2)
+    wins = ev.filter(ev["reward"] == "llm_judge_win_vs_0")
+    assert wins.height == 16 and set(wins["score"]) == {0.5}  # the server rates every answer alike: ties

@@ -21,7 +21,7 @@ from tests.lake_helpers import add_rollouts, truth
 
 
 def judge(url: str, **kw) -> JudgeSettings:
-    return JudgeSettings(engine="openai", model="judge", base_url=url, api_key_env="PR_TEST_KEY",
+    return JudgeSettings(engine="openai", model=kw.pop("model", "judge"), base_url=url, api_key_env="PR_TEST_KEY",
                          max_concurrency=kw.pop("max_concurrency", 8), timeout=kw.pop("timeout", 2.0),
                          retry_initial=0.01, retry_max=0.05, **kw)
 
@@ -175,3 +175,13 @@ def test_score_without_rollouts_is_a_clear_error(seeded_lake):
 
     proc = run_cli("score", "--iteration", "5", lake=seeded_lake.root)
     assert proc.returncode == 1 and "no rollouts for iteration 5" in proc.stderr
+
+
+def test_structured_output_per_server_kind(seeded_lake):
+    add_rollouts(seeded_lake, 1, n_questions=1, k=1)
+    with JudgeServer(truth=truth()) as server:
+        score(1, "proxy", judge(server.url), lake=str(seeded_lake.root))
+        assert server.log[-1]["response_format"]["type"] == "json_schema"
+        score(1, "proxy", judge(server.url, server="vllm", model="judge-vllm"), lake=str(seeded_lake.root))
+        regex = server.log[-1]["structured_outputs"]["regex"]
+        assert regex.startswith("1: (True|False|Unknown)") and server.log[-1]["response_format"] is None
