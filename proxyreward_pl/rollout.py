@@ -40,7 +40,7 @@ def sample(engine, questions: list[dict], *, iteration: int, k: int, temperature
            max_new_tokens: int, seed: int, adapter: str | None, policy: str, label: str) -> tuple[list[dict], dict]:
     """k answers to every question: rollout rows (in question order) and token counts."""
     requests = [Request([{"role": "user", "content": q["text"]}], max_tokens=max_new_tokens, temperature=temperature,
-                        top_p=top_p, n=k, adapter=adapter,
+                        top_p=top_p, n=k, adapter=adapter, adapter_version=policy if adapter else None,
                         seed=seed * 1_000_003 + zlib.crc32(q["question_id"].encode()), tag=q["question_id"])
                 for q in questions]
     got: dict[str, Result] = {}

@@ -118,3 +118,10 @@ def test_vllm_cpu_judge_in_both_modes(seeded_lake):
     assert generate.height == logprob.height > 0
     assert (generate["status"] != "failed").all()  # the regex forces a parsable answer
     assert (logprob["status"] == "ok").all()
+
+
+def test_cache_key_follows_the_adapter_weights_not_its_path():
+    a = Request(MESSAGES, adapter="/lake/adapters/iteration=1", adapter_version="policy+adapter:aaa")
+    b = Request(MESSAGES, adapter="/lake/adapters/iteration=1", adapter_version="policy+adapter:bbb")
+    assert a.key("hf:m") != b.key("hf:m")
+    assert a.key("hf:m") == Request(MESSAGES, adapter=a.adapter, adapter_version=a.adapter_version).key("hf:m")

@@ -36,6 +36,9 @@ class Request:
     """Score these continuations of the prompt (log-probability) instead of generating."""
     adapter: str | None = None
     """A LoRA adapter (folder for hf/vllm, served name for openai) to generate with."""
+    adapter_version: str | None = None
+    """What the adapter is (a hash of its weights): part of the cache key, so a retrained adapter at the
+    same path or name is never answered from an older one's cache."""
     tag: Any = field(default=None, compare=False)
     """The caller's bookkeeping; not part of the request."""
 
