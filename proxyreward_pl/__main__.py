@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import dataset, generate, query, tiny
-from .cliconfig import filter_config, rewrite_config  # noqa: F401  (filter_config: used by tests)
+from .cliconfig import rewrite_config
 from .errors import ProxyRewardError
 from .evaluate import evaluate
 from .iterate import iterate

@@ -19,7 +19,7 @@ import torch
 
 from .data import PairsDataModule, read_pairs, tokenization_id, write_pairs
 from .dpo_module import DPOModule, load_policy, reference_logps
-from .settings import DataConfig, DPOSettings, LoraSettings, ModelSettings, OptimSettings, TrainerSettings  # noqa: F401
+from .settings import DataConfig, DPOSettings, LoraSettings, ModelSettings, OptimSettings, TrainerSettings
 
 
 def _strategy(name: str, accelerator: str):

@@ -7,7 +7,8 @@ import inspect
 import pytest
 import yaml
 
-from proxyreward_pl.__main__ import COMMANDS, build_parser, filter_config
+from proxyreward_pl.__main__ import COMMANDS, build_parser
+from proxyreward_pl.cliconfig import filter_config
 from proxyreward_pl.paths import CONFIGS_DIR
 
 CONFIGS = sorted(CONFIGS_DIR.glob("*.yaml"))
