@@ -22,9 +22,14 @@ class VLLMEngine(Engine):
         self._on_gpu = False
 
     def release(self) -> None:
+        """Stop vLLM's engine process now: left to interpreter exit, its teardown can abort the process."""
         if self._llm is not None:
             import gc
 
+            try:
+                self._llm.llm_engine.engine_core.shutdown()
+            except Exception:  # already down
+                pass
             self._llm = None
             gc.collect()
         super().release()
