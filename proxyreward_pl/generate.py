@@ -18,13 +18,13 @@ from dataclasses import dataclass
 
 from . import prompts
 from . import tiny as tiny_models
+from .asking import Asked, Tokens, answer_form, ask, resolve_engine, structured_kwargs
 from .dataset import Record, part_name, read_proxyqa, store
 from .engines import Request, make_engine
 from .errors import ProxyRewardError
 from .lake import Lake
 from .rewards.errors import ParseError, is_json, json_answer
 from .runs import record_run
-from .score import Asked, Tokens, answer_form, ask, resolve_engine
 from .settings import EngineSettings
 
 DEFAULT_DOMAINS = ("science", "history", "technology", "economics", "geography", "arts", "health", "sports")
@@ -136,10 +136,8 @@ class Generator:
         self.tokens = Tokens()
 
     def _request(self, prompt: str, schema: dict, regex: str, seed: int) -> Request:
-        kw = ({"regex": regex} if self.form == "regex" else {"json_schema": schema} if self.form == "json_schema"
-              else {})
         return Request([{"role": "user", "content": prompt}], max_tokens=self.s.max_tokens,
-                       temperature=self.s.temperature, seed=seed, **kw)
+                       temperature=self.s.temperature, seed=seed, **structured_kwargs(self.form, regex, schema))
 
     def _fmt(self) -> str:
         return "json" if self.form == "json_schema" else "lines"

@@ -14,11 +14,11 @@ import time
 import zlib
 
 from . import tiny as tiny_models
+from .asking import Progress, resolve_engine
 from .engines import Request, Result, make_engine
 from .errors import ProxyRewardError
 from .lake import Lake
 from .runs import record_run
-from .score import Progress, resolve_engine
 from .settings import EngineSettings, RolloutSettings
 
 

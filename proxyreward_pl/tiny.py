@@ -52,12 +52,31 @@ class TinyModelConfig:
     """Warm-up examples are cut to this many tokens."""
     warmup_lr: float = 3e-3
     seed: int = 0
+    corpus: str | None = None
+    """A JSONL file of chat dialogues ({"messages": [...]} per line) that the tokenizer learns from and the
+    warm-up trains on (e.g. a closed world's corpus); None: the bundled dataset, answered by its true
+    statements."""
 
 
-def corpus_texts(seed_dir: Path = SEED_DIR) -> list[str]:
-    """The local text the tokenizer learns from: bundled dataset, prompt templates, stdlib docs."""
+def read_dialogues(path: str | Path) -> list[list[dict]]:
+    """Chat dialogues from a JSONL file of {"messages": [{"role": ..., "content": ...}, ...]} lines."""
+    out = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            rec = json.loads(line)
+            if not isinstance(rec, dict) or not isinstance(rec.get("messages"), list):
+                raise ValueError(f"{path}:{n}: messages: expected a list of chat messages")
+            out.append(rec["messages"])
+    return out
+
+
+def corpus_texts(seed_dir: Path = SEED_DIR, corpus: str | None = None) -> list[str]:
+    """The local text the tokenizer learns from: the corpus's dialogues (or the bundled dataset), prompt
+    templates, stdlib docs."""
     texts = []
-    for f in sorted(seed_dir.glob("*.jsonl")):
+    if corpus:
+        texts.extend(m["content"] for d in read_dialogues(corpus) for m in d)
+    for f in sorted(seed_dir.glob("*.jsonl")) if not corpus else []:
         for line in f.read_text(encoding="utf-8").splitlines():
             rec = json.loads(line)
             texts.append(rec["text"])
@@ -70,8 +89,11 @@ def corpus_texts(seed_dir: Path = SEED_DIR) -> list[str]:
     return [t for t in texts if t.strip()]
 
 
-def warmup_dialogues(seed_dir: Path = SEED_DIR) -> list[list[dict]]:
-    """Chat examples for warm-up: a meta-question answered by its true statements as prose."""
+def warmup_dialogues(seed_dir: Path = SEED_DIR, corpus: str | None = None) -> list[list[dict]]:
+    """Chat examples for warm-up: the corpus's dialogues, or each bundled meta-question answered by its true
+    statements as prose."""
+    if corpus:
+        return read_dialogues(corpus)
     dialogues = []
     for f in sorted(seed_dir.glob("*.jsonl")):
         for line in f.read_text(encoding="utf-8").splitlines():
@@ -102,7 +124,7 @@ def _warm_up(model, tokenizer, cfg: TinyModelConfig) -> float:
     import torch
 
     rng = random.Random(cfg.seed)
-    dialogues = warmup_dialogues()
+    dialogues = warmup_dialogues(corpus=cfg.corpus)
     examples = []
     for d in dialogues:
         ids = tokenizer.apply_chat_template(d, tokenize=True, return_dict=False)
@@ -143,7 +165,7 @@ def build(out: Path, config: TinyModelConfig = TinyModelConfig()) -> Path:
     out = Path(out)
     t0 = time.time()
     torch.manual_seed(config.seed)
-    tokenizer = train_tokenizer(corpus_texts(), config.vocab_size)
+    tokenizer = train_tokenizer(corpus_texts(corpus=config.corpus), config.vocab_size)
     model_cfg = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
         num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
@@ -177,9 +199,14 @@ def build(out: Path, config: TinyModelConfig = TinyModelConfig()) -> Path:
 
 def config_hash(config: TinyModelConfig) -> str:
     h = hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True).encode())
-    for t in corpus_texts():
+    for t in corpus_texts(corpus=config.corpus):
         h.update(t.encode())
     return h.hexdigest()[:12]
+
+
+def resolve(path: str, config: TinyModelConfig) -> str:
+    """A model path as configured: `tiny` (or empty) means the tiny model of `config`, built once and cached."""
+    return str(cached(config)) if path in ("", "tiny") else path
 
 
 def cached(config: TinyModelConfig = TinyModelConfig(), cache_dir: Path | None = None) -> Path:

@@ -27,9 +27,7 @@ REF_COLUMNS = ("ref_chosen_logp", "ref_rejected_logp", "ref_model", "ref_adapter
 
 def resolve_model(model: ModelSettings, tiny: tiny_models.TinyModelConfig) -> ModelSettings:
     """`path: tiny` means the offline tiny model of the `tiny` section (built once, cached)."""
-    if model.path in ("", "tiny"):
-        return dataclasses.replace(model, path=str(tiny_models.cached(tiny)))
-    return model
+    return dataclasses.replace(model, path=tiny_models.resolve(model.path, tiny))
 
 
 def _is_rank_zero() -> bool:
