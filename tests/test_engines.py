@@ -126,3 +126,47 @@ def test_cache_key_follows_the_adapter_weights_not_its_path():
     b = Request(MESSAGES, adapter="/lake/adapters/iteration=1", adapter_version="policy+adapter:bbb")
     assert a.key("hf:m") != b.key("hf:m")
     assert a.key("hf:m") == Request(MESSAGES, adapter=a.adapter, adapter_version=a.adapter_version).key("hf:m")
+
+
+def test_a_retrained_adapter_at_the_same_path_is_loaded_afresh(tiny_model_path, tmp_path):
+    """An engine that outlives a training run (shared across stages) must not answer from the old weights."""
+    from peft import LoraConfig, get_peft_model
+
+    path = tmp_path / "adapter"
+
+    def save(seed: int) -> None:
+        torch.manual_seed(seed)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_path),
+                               LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+        model.save_pretrained(path)
+
+    def true_logprob(engine, version: str) -> float:
+        out = []
+        engine.run([Request(MESSAGES, choices=("True",), adapter=str(path), adapter_version=version)], out.append)
+        return out[0].choice_logprobs["True"]
+
+    engine = make_engine(EngineSettings(engine="hf", model=str(tiny_model_path)))
+    save(1)
+    first = true_logprob(engine, "v1")
+    save(2)
+    second = true_logprob(engine, "v2")
+    fresh = true_logprob(make_engine(EngineSettings(engine="hf", model=str(tiny_model_path))), "v2")
+    assert second != pytest.approx(first, abs=1e-4) and second == pytest.approx(fresh, abs=1e-5)
+
+
+def test_a_shared_engine_caches_into_the_lake_it_is_asked_for(tiny_model_path, tmp_path):
+    from proxyreward_pl.engines import EngineCache, shared_engines
+
+    settings = EngineSettings(engine="hf", model=str(tiny_model_path))
+    req = Request(MESSAGES, choices=("True", "False"))
+    with shared_engines():
+        a = make_engine(settings, cache_path=tmp_path / "a" / "engine.sqlite")
+        a.run([req], lambda r: None)
+        b = make_engine(settings, cache_path=tmp_path / "b" / "engine.sqlite")
+        assert b is a, "one model per settings, whatever the lake"
+        b.run([req], lambda r: None)
+        assert a.sent == 2, "lake b's cache was empty: asked again, not served from lake a's"
+    for lake in ("a", "b"):
+        cache = EngineCache(tmp_path / lake / "engine.sqlite")
+        assert cache.get(req.key(a.identity)) is not None
+        cache.close()

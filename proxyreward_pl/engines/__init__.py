@@ -84,6 +84,7 @@ class Engine:
     def __init__(self, settings: EngineSettings, cache: EngineCache | None = None):
         self.settings = settings
         self.cache = cache
+        self.cache_path = cache.path if cache is not None else None
         self.sent = 0  # requests that reached the model (not served from the cache)
         self.shared = False  # held by `shared_engines()`: close() leaves it open for the next stage
 
@@ -117,6 +118,15 @@ class Engine:
     def _run(self, requests: list[Request], on_result: Callable[[Result], None]) -> None:
         raise NotImplementedError
 
+    def use_cache(self, path: Path | None) -> None:
+        """Store results in the cache at `path` from now on (a shared engine moving on to another lake)."""
+        if path is not None and self.cache_path is not None and Path(path) == self.cache_path:
+            return
+        if self.cache is not None:
+            self.cache.close()
+        self.cache = EngineCache(path) if path else None
+        self.cache_path = Path(path) if path else None
+
     def close(self) -> None:
         if not self.shared:
             self.release()
@@ -132,7 +142,8 @@ _SHARED: dict[tuple, Engine] | None = None
 
 @contextlib.contextmanager
 def shared_engines() -> Iterator[None]:
-    """Within this block, engines with the same settings are made once and shared (one vLLM start per run)."""
+    """Within this block, engines with the same settings are made once and shared (one vLLM start per run,
+    even across lakes: a shared engine's results cache follows the lake it is asked for)."""
     global _SHARED
     if _SHARED is not None:
         yield
@@ -148,9 +159,11 @@ def shared_engines() -> Iterator[None]:
 
 def make_engine(settings: EngineSettings, cache_path: Path | None = None) -> Engine:
     """The engine `settings.engine` names, with a persistent cache at `cache_path` (None: no cache)."""
-    key = (str(cache_path),) + tuple(getattr(settings, f.name) for f in fields(EngineSettings))
+    key = tuple(getattr(settings, f.name) for f in fields(EngineSettings))
     if _SHARED is not None and key in _SHARED:
-        return _SHARED[key]
+        engine = _SHARED[key]
+        engine.use_cache(cache_path)
+        return engine
     engine = _new_engine(settings, cache_path)
     if _SHARED is not None:
         engine.shared = True
@@ -160,6 +173,10 @@ def make_engine(settings: EngineSettings, cache_path: Path | None = None) -> Eng
 
 def _new_engine(settings: EngineSettings, cache_path: Path | None) -> Engine:
     cache = EngineCache(cache_path) if cache_path else None
+    if settings.engine == "closedworld":
+        from ..closedworld.judge import WorldJudge
+
+        return WorldJudge(settings, cache)
     if settings.engine == "openai":
         from .openai_http import OpenAIEngine
 

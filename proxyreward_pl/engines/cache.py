@@ -12,7 +12,7 @@ class EngineCache:
     """key -> JSON payload. Each put is its own transaction, so a killed run keeps everything it was paid for."""
 
     def __init__(self, path: Path):
-        path = Path(path)
+        self.path = path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, timeout=60, isolation_level=None)

@@ -14,7 +14,7 @@ class HFEngine(Engine):
     def __init__(self, settings, cache=None):
         super().__init__(settings, cache)
         self._model = self._tokenizer = None
-        self._adapters: dict[str, str] = {}
+        self._adapters: dict[tuple, str] = {}  # (path, version) -> peft adapter name
 
     def _load(self):
         if self._model is None:
@@ -35,21 +35,22 @@ class HFEngine(Engine):
         self._adapters.clear()
         super().release()
 
-    def _with_adapter(self, adapter: str | None):
-        """The model with `adapter` active (loaded once per path), or the base model."""
+    def _with_adapter(self, adapter: str | None, version: str | None = None):
+        """The model with `adapter` active (loaded once per path and version: a retrained adapter at the same
+        path is loaded afresh), or the base model."""
         model, _ = self._load()
         if adapter is None:
             return model if not self._adapters else _Disabled(model)
         from peft import PeftModel
 
-        name = self._adapters.get(adapter)
+        name = self._adapters.get((adapter, version))
         if name is None:
             name = f"a{len(self._adapters)}"
             if not self._adapters:
                 self._model = model = PeftModel.from_pretrained(model, adapter, adapter_name=name)
             else:
                 model.load_adapter(adapter, adapter_name=name)
-            self._adapters[adapter] = name
+            self._adapters[(adapter, version)] = name
         model.set_adapter(name)
         return model
 
@@ -62,7 +63,8 @@ class HFEngine(Engine):
     def _run(self, requests: list[Request], on_result: Callable[[Result], None]) -> None:
         groups: dict[tuple, list[Request]] = {}
         for r in requests:  # batch requests that share sampling settings and adapter
-            groups.setdefault((r.adapter, r.choices is None, r.max_tokens, r.temperature, r.top_p, r.n), []).append(r)
+            groups.setdefault(((r.adapter, r.adapter_version), r.choices is None, r.max_tokens, r.temperature,
+                               r.top_p, r.n), []).append(r)
         for (adapter, generate, *_), group in groups.items():
             group.sort(key=lambda r: len(self._prompt(r)))
             for i in range(0, len(group), self.settings.batch_size):
@@ -74,10 +76,10 @@ class HFEngine(Engine):
                 for res in results:
                     on_result(res)
 
-    def _generate(self, batch: list[Request], adapter: str | None) -> list[Result]:
+    def _generate(self, batch: list[Request], adapter: tuple) -> list[Result]:
         import torch
 
-        model = self._with_adapter(adapter)
+        model = self._with_adapter(*adapter)
         _, tok = self._load()
         first = batch[0]
         enc = tok([self._prompt(r) for r in batch], return_tensors="pt", padding=True,
@@ -104,14 +106,14 @@ class HFEngine(Engine):
                                   prompt_tokens=int(enc["attention_mask"][i].sum())))
         return results
 
-    def _score(self, batch: list[Request], adapter: str | None) -> list[Result]:
+    def _score(self, batch: list[Request], adapter: tuple) -> list[Result]:
         """log p(choice | prompt) summed over the choice's tokens, for every choice of every request.
 
         One sequence per request serves every single-token choice (read off the prompt's last position);
         a choice of several tokens gets a sequence of its own."""
         import torch
 
-        model = self._with_adapter(adapter)
+        model = self._with_adapter(*adapter)
         _, tok = self._load()
         rows: list[list[int]] = []
         targets: list[tuple[int, int, int, int, int]] = []  # (request, choice, row, position, token)

@@ -18,7 +18,7 @@ class VLLMEngine(Engine):
     def __init__(self, settings, cache=None):
         super().__init__(settings, cache)
         self._llm = None
-        self._lora_ids: dict[str, int] = {}
+        self._lora_ids: dict[tuple, int] = {}  # (path, version) -> LoRA id
         self._on_gpu = False
 
     def release(self) -> None:
@@ -53,13 +53,16 @@ class VLLMEngine(Engine):
                             enable_lora=lora, max_lora_rank=64 if lora else None, enforce_eager=not on_gpu)
         return self._llm
 
-    def _lora(self, adapter: str | None):
-        if adapter is None:
+    def _lora(self, adapter: tuple):
+        """A LoRA request per adapter path and version: a retrained adapter at the same path gets a new id, so
+        vLLM loads it afresh instead of serving the old weights it holds."""
+        path, _ = adapter
+        if path is None:
             return None
         from vllm.lora.request import LoRARequest
 
         i = self._lora_ids.setdefault(adapter, len(self._lora_ids) + 1)
-        return LoRARequest(f"adapter{i}", i, adapter)
+        return LoRARequest(f"adapter{i}", i, path)
 
     def _params(self, req: Request):
         from vllm import SamplingParams
@@ -78,9 +81,9 @@ class VLLMEngine(Engine):
 
     def _run(self, requests: list[Request], on_result: Callable[[Result], None]) -> None:
         llm = self._load(lora=self.settings.enable_lora or any(r.adapter for r in requests))
-        by_adapter: dict[str | None, list[Request]] = {}
+        by_adapter: dict[tuple, list[Request]] = {}
         for r in requests:
-            by_adapter.setdefault(r.adapter, []).append(r)
+            by_adapter.setdefault((r.adapter, r.adapter_version), []).append(r)
         for adapter, group in by_adapter.items():
             gen = [r for r in group if r.choices is None]
             score = [r for r in group if r.choices is not None]
