@@ -1,5 +1,6 @@
 """`proxyreward evaluate --iteration N`: the eval meta-questions answered by iteration N's policy (N = 0:
-the base model; greedy decoding unless `evaluate.samples` > 1), judged by the proxy judge. ProxyQA-style
+the base model; greedy decoding unless `evaluate.samples` > 1, then optionally one greedy answer more, stored
+with sample_index -1), judged by the proxy judge. ProxyQA-style
 accuracy and precision per question land in `evaluations`, the answers in `eval_rollouts`.
 """
 
@@ -11,12 +12,13 @@ import polars as pl
 
 from . import prompts
 from . import tiny as tiny_models
+from .asking import Tokens, ask, resolve_engine
 from .engines import make_engine
 from .errors import ProxyRewardError
 from .lake import Lake
 from .rollout import policy_of, sample
 from .runs import record_run
-from .score import Tokens, ask, judge_name, proxy_questions, proxy_rows, rated_question, rated_rows, resolve_engine
+from .score import judge_name, proxy_questions, proxy_rows, rated_question, rated_rows
 from .settings import EngineSettings, EvalSettings, JudgeSettings, RolloutSettings
 
 
@@ -61,10 +63,18 @@ def evaluate(
                                       temperature=0.0 if greedy else evaluation.temperature, top_p=1.0,
                                       max_new_tokens=evaluation.max_new_tokens, seed=0, adapter=adapter, policy=name,
                                       label=f"eval answers of iteration {iteration}")
+            for r in rows:
+                r["rollout_id"] = "eval:" + r["rollout_id"]
+            if evaluation.greedy and not greedy:
+                extra, more = sample(gen, questions, iteration=iteration, k=1, temperature=0.0, top_p=1.0,
+                                     max_new_tokens=evaluation.max_new_tokens, seed=0, adapter=adapter, policy=name,
+                                     label=f"greedy eval answers of iteration {iteration}")
+                for r in extra:
+                    r.update(rollout_id="eval-greedy:" + r["rollout_id"], sample_index=-1)
+                rows += extra
+                gen_tokens["generated"] += more["generated"]
         finally:
             gen.close()
-        for r in rows:
-            r["rollout_id"] = "eval:" + r["rollout_id"]
         statements: dict[str, list[dict]] = {}
         for s in lk.sql("SELECT * FROM proxy_questions ORDER BY question_id, position").to_dicts():
             statements.setdefault(s["question_id"], []).append(s)
@@ -76,8 +86,12 @@ def evaluate(
                            f"judging eval answers of iteration {iteration}")
             _, scores = proxy_rows(iteration, rows, statements, outcomes, judge_name(engine, judge),
                                    prompts.template_hash("proxy_judge"), judge.mode)
+            for sc in scores:
+                if sc["rollout_id"].startswith("eval-greedy:"):
+                    sc["reward"] = "greedy_" + sc["reward"]
             if evaluation.llm_judge_win_rate and iteration > 0:
-                scores += win_rate_rows(lk, iteration, rows, by_id, engine, judge, tokens)
+                scores += win_rate_rows(lk, iteration, [r for r in rows if r["sample_index"] >= 0], by_id, engine,
+                                        judge, tokens)
         finally:
             engine.close()
         frame = pl.DataFrame(scores).filter(pl.col("status") == "ok")

@@ -1,9 +1,12 @@
 """`proxyreward iterate` (and `make iterate`): whole ProxyReward cycles.
 
 Iteration 0 evaluates the base model; each iteration N then runs rollout -> score -> select -> train ->
-evaluate, every stage recorded in `runs`. A re-run after a crash starts at the first stage that has no
-finished run and redoes nothing finished. A lock refuses a second concurrent `iterate` on the same lake.
-Engines are shared between the stages of one run (one vLLM start, not one per stage).
+evaluate, every stage recorded in `runs`. The proxy reward is always scored (it is what eval reports); a
+selection by another reward (llm_judge, longreward, length) scores that one too. After each evaluation the
+loop checks itself for degeneration (`analysis/health.sql`) and warns. A re-run after a crash starts at the
+first stage that has no finished run and redoes nothing finished. A lock refuses a second concurrent
+`iterate` on the same lake. Engines are shared between the stages of one run (one vLLM start, not one per
+stage).
 """
 
 from __future__ import annotations
@@ -70,6 +73,27 @@ def finished(lake: Lake, iteration: int, stage: str) -> bool:
                     [iteration, stage]).item() > 0
 
 
+def reward_family(reward: str) -> str:
+    """The `score --reward` that produces a selection reward (proxy_precision -> proxy, ...)."""
+    for family in ("proxy", "longreward", "llm_judge", "length"):
+        if reward == family or reward.startswith(family + "_"):
+            return family
+    raise ProxyRewardError(f"selection.reward {reward!r} is not produced by any `score --reward`")
+
+
+def health(lake: Lake) -> pl.DataFrame:
+    """Per evaluated iteration: degeneration signs and their flags (SQL)."""
+    return lake.run_sql_file("analysis/health")
+
+
+def warn_if_degenerating(lake: Lake, iteration: int) -> str:
+    rows = health(lake).filter(pl.col("iteration") == iteration).to_dicts()
+    flags = rows[0]["flags"] if rows else ""
+    if flags:
+        print(f"[iterate] WARNING iteration {iteration}: {flags}", flush=True)
+    return flags
+
+
 def summary(lake: Lake) -> pl.DataFrame:
     """Per iteration: rollouts, mean proxy score, pairs, final train loss, eval accuracy (SQL)."""
     return lake.run_sql_file("analysis/iteration_summary")
@@ -118,12 +142,17 @@ def iterate(
     with iterate_lock(lk), shared_engines():
         ensure_seeded(lk)
         root = str(lk.root)
+        family = reward_family(selection.reward)
         plan: list[tuple[int, str, Callable[[], object]]] = [
             (0, "evaluate", lambda: evaluate_stage(0, policy, judge, evaluation, sampling, tiny, root))]
         for n in range(1, iterations + 1):
             plan += [
                 (n, "rollout", lambda n=n: rollout_stage(n, policy, sampling, tiny, root)),
                 (n, "score:proxy", lambda n=n: score_stage(n, "proxy", judge, tiny, root)),
+            ]
+            if family != "proxy":
+                plan.append((n, f"score:{family}", lambda n=n: score_stage(n, family, judge, tiny, root)))
+            plan += [
                 (n, "select", lambda n=n: select_stage(n, selection, root)),
                 (n, "train", lambda n=n: train_stage(n, model, lora, dpo, optim, data, trainer, tiny, lake=root)),
                 (n, "evaluate", lambda n=n: evaluate_stage(n, policy, judge, evaluation, sampling, tiny, root)),
@@ -134,10 +163,13 @@ def iterate(
                 continue
             print(f"[iterate] iteration {n} {stage} ({time.perf_counter() - t0:.0f} s)", flush=True)
             run()
+            if stage == "evaluate":
+                warn_if_degenerating(lk, n)
     table = summary(lk)
     from .query import render
 
     print(f"\n[iterate] finished in {time.perf_counter() - t0:.0f} s\n" + render(table))
+    print("\n[iterate] health (analysis/health.sql)\n" + render(health(lk)))
     if report:
         from .report import write_report
 

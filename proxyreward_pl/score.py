@@ -1,10 +1,11 @@
-"""`proxyreward score --iteration N --reward proxy|llm_judge|longreward`: judge an iteration's rollouts.
+"""`proxyreward score --iteration N --reward proxy|llm_judge|longreward|length`: judge an iteration's rollouts.
 
 Every answered request is committed to the engine cache (`<lake>/cache/engine.sqlite`) the moment it
 arrives, so a killed run loses nothing it paid for and its re-run sends only what is still missing;
 a malformed answer is asked again (`judge.parse_retries`), and a rollout that still has no answer is
 recorded with status 'failed' and the reason, never scored 0. At the end, one lake transaction replaces
-this judge's `judgments` file and the reward's `scores` file of the iteration.
+this judge's `judgments` file and the reward's `scores` file of the iteration. `length` (the answer's token
+count) asks no judge: it is the baseline that rewards saying more, whatever is said.
 """
 
 from __future__ import annotations
@@ -12,15 +13,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-import sys
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import polars as pl
 
 from . import prompts
 from . import tiny as tiny_models
+from .asking import Asked, Outcome, Tokens, answer_form, ask, resolve_engine, structured_kwargs
 from .engines import Engine, Request, Result, make_engine
 from .errors import ProxyRewardError
 from .lake import Lake
@@ -36,124 +35,13 @@ from .rewards.longreward import (
 )
 from .rewards.proxy import json_schema, lines_regex, parse_verdicts
 from .runs import record_run
-from .settings import EngineSettings, JudgeSettings
+from .settings import JudgeSettings
 
-Reward = Literal["proxy", "llm_judge", "longreward"]
-
-
-def resolve_engine(settings: EngineSettings, tiny: tiny_models.TinyModelConfig) -> EngineSettings:
-    """engine `auto` means vllm when it is installed, else hf; `model: tiny` on an in-process engine means
-    the offline tiny model (built once, cached)."""
-    if settings.engine == "auto":
-        import importlib.util
-
-        found = importlib.util.find_spec("vllm") is not None
-        settings = dataclasses.replace(settings, engine="vllm" if found else "hf")
-    if settings.engine != "openai" and settings.model in ("", "tiny"):
-        return dataclasses.replace(settings, model=str(tiny_models.cached(tiny)))
-    return settings
-
-
-def answer_form(settings: EngineSettings) -> str:
-    """How answers are constrained: json_schema, regex, or none (free text in the line format)."""
-    if settings.structured != "auto":
-        return settings.structured
-    if settings.engine == "vllm" or (settings.engine == "openai" and settings.server == "vllm"):
-        return "regex"
-    return "json_schema" if settings.engine == "openai" else "none"
-
-
-@dataclass
-class Asked:
-    """One question to the judge: its request, how to read the answer, and where the value goes."""
-
-    request: Request
-    parse: Callable[[Result], Any]
-    key: tuple
-
-
-@dataclass
-class Outcome:
-    value: Any = None
-    error: str | None = None
-
-
-class Progress:
-    """A rich progress bar with rate and ETA on a terminal; a final line either way."""
-
-    def __init__(self, total: int, label: str):
-        from rich.progress import BarColumn, MofNCompleteColumn, TaskProgressColumn, TimeRemainingColumn
-        from rich.progress import Progress as Bar
-
-        self.bar = Bar("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                       TaskProgressColumn(show_speed=True), TimeRemainingColumn(), disable=not sys.stderr.isatty(),
-                       transient=True)
-        self.task = self.bar.add_task(label, total=total)
-        self.bar.start()
-
-    def advance(self) -> None:
-        self.bar.advance(self.task)
-
-    def close(self) -> None:
-        self.bar.stop()
-
-
-class Tokens:
-    def __init__(self):
-        self.prompt = self.completion = self.cached = self.sent = 0
-
-    def add(self, result: Result) -> None:
-        if result.cached:
-            self.cached += 1
-        else:
-            self.sent += 1
-            self.prompt += result.prompt_tokens
-            self.completion += sum(result.completion_tokens)
-
-
-def ask(engine: Engine, asked: list[Asked], retries: int, tokens: Tokens, label: str) -> dict[tuple, Outcome]:
-    """Send every question; re-ask malformed answers (lightly sampled) up to `retries` times."""
-    outcomes: dict[tuple, Outcome] = {}
-    round_: dict = {}
-    progress = Progress(len(asked), label)
-
-    def on_result(res: Result) -> bool:
-        item = round_["items"][id(res.request)]
-        tokens.add(res)
-        if not res.ok:
-            outcomes[item.key] = Outcome(error=res.error)
-            progress.advance()
-            return False
-        try:
-            outcomes[item.key] = Outcome(value=item.parse(res))
-        except ParseError as exc:
-            outcomes[item.key] = Outcome(error=f"unusable answer: {exc}")
-            round_["bad"].append(item)
-            return False
-        progress.advance()
-        return True
-
-    pending = asked
-    try:
-        for attempt in range(retries + 1):
-            round_.update(items={id(a.request): a for a in pending}, bad=[])
-            engine.run([a.request for a in pending], on_result)
-            if not round_["bad"] or attempt == retries:
-                break
-            pending = [dataclasses.replace(a, request=dataclasses.replace(
-                a.request, temperature=max(a.request.temperature, 0.5), seed=(a.request.seed or 0) + attempt + 1))
-                for a in round_["bad"]]
-    finally:
-        progress.close()
-    return outcomes
+Reward = Literal["proxy", "llm_judge", "longreward", "length"]
 
 
 def _messages(text: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": text}]
-
-
-def _structured(form: str, regex: str, schema: dict) -> dict:
-    return {"regex": regex} if form == "regex" else {"json_schema": schema} if form == "json_schema" else {}
 
 
 def _rating_from_choices(res: Result, low: int, high: int) -> float:
@@ -189,7 +77,7 @@ def proxy_questions(rollouts: list[dict], statements: dict[str, list[dict]], que
                                     statements=[s["statement"] for s in stmts],
                                     answer_format="json" if form == "json_schema" else "lines")
             req = Request(_messages(prompt), max_tokens=judge.max_tokens,
-                          **_structured(form, lines_regex(n), json_schema(n)))
+                          **structured_kwargs(form, lines_regex(n), json_schema(n)))
             asked.append(Asked(req, lambda res, n=n: parse_verdicts(res.texts[0], n), (r["rollout_id"],)))
     return asked
 
@@ -234,6 +122,12 @@ def proxy_rows(iteration: int, rollouts: list[dict], statements: dict[str, list[
     return judgments, scores
 
 
+def length_rows(iteration: int, rollouts: list[dict]) -> list[dict]:
+    """The length baseline: score = the answer's token count."""
+    return [{"iteration": iteration, "rollout_id": r["rollout_id"], "question_id": r["question_id"], "judge": "length",
+             "reward": "length", "score": float(r["n_tokens"]), "status": "ok", "detail": None} for r in rollouts]
+
+
 RATED = {"llm_judge": (1, 10), "helpfulness": (0, 10), "logicality": (0, 10), "completeness": (0, 10)}
 
 
@@ -250,7 +144,7 @@ def rated_question(template: str, rollout: dict, question: dict, judge: JudgeSet
     prompt = prompts.render(template, answer_format=fmt, **variables)
     if template == "faithfulness":
         req = Request(_messages(prompt), max_tokens=judge.max_tokens,
-                      **_structured(form, faithfulness_regex(), faithfulness_schema()))
+                      **structured_kwargs(form, faithfulness_regex(), faithfulness_schema()))
 
         def parse(res: Result) -> tuple[float, str]:
             items = parse_faithfulness(res.texts[0])
@@ -258,7 +152,7 @@ def rated_question(template: str, rollout: dict, question: dict, judge: JudgeSet
 
         return Asked(req, parse, (rollout["rollout_id"], template))
     req = Request(_messages(prompt), max_tokens=judge.max_tokens,
-                  **_structured(form, rated_regex(low, high), rated_schema(low, high)))
+                  **structured_kwargs(form, rated_regex(low, high), rated_schema(low, high)))
     return Asked(req, lambda res: parse_rated(res.texts[0], low, high), (rollout["rollout_id"], template))
 
 
@@ -304,7 +198,8 @@ def score(
 
     Args:
         iteration: whose rollouts to judge.
-        reward: proxy (proxy_accuracy and proxy_precision), llm_judge, or longreward (and its four dimensions).
+        reward: proxy (proxy_accuracy and proxy_precision), llm_judge, longreward (and its four dimensions), or
+            length (no judge: the answer's token count, a baseline).
         judge: the judge engine and how it is asked (--judge.engine, --judge.model, --judge.base_url,
             --judge.api_key_env, --judge.max_concurrency, --judge.mode, ...).
         tiny: the tiny model, when judge.model is `tiny`.
@@ -315,11 +210,19 @@ def score(
     if not rollouts:
         raise ProxyRewardError(f"no rollouts for iteration {iteration}; run `proxyreward rollout --iteration "
                                f"{iteration}` first")
-    judge = resolve_engine(judge, tiny)
     questions = {q["question_id"]: q for q in lk.read("meta_questions").to_dicts()}
     missing = sorted({r["question_id"] for r in rollouts} - set(questions))
     if missing:
         raise ProxyRewardError(f"rollouts of iteration {iteration} answer unknown meta-questions: {missing[:5]}")
+    if reward == "length":
+        with record_run(lk, iteration, "score:length", {"reward": reward}) as metrics:
+            rows = length_rows(iteration, rollouts)
+            lk.write("scores", rows, iteration=iteration, name="length", replace_partition=False)
+            metrics.update(rollouts=len(rows), scores={"length": {"mean": sum(r["score"] for r in rows) / len(rows),
+                                                                   "failed": 0}})
+        print(f"iteration {iteration}: length mean {metrics['scores']['length']['mean']:.1f} tokens")
+        return dict(metrics)
+    judge = resolve_engine(judge, tiny)
     engine = make_engine(judge, cache_path=lk.root / "cache" / "engine.sqlite")
     name = judge_name(engine, judge)
     config = {"reward": reward, "judge": dataclasses.asdict(judge)}

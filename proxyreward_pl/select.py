@@ -21,10 +21,10 @@ def select_pairs(lake: Lake, iteration: int, settings: SelectSettings):
     """The pairs the selection SQL picks, as a polars frame (nothing written)."""
     params = {"iteration": iteration, "reward": settings.reward, "min_gap": settings.min_gap,
               "top_fraction": settings.top_fraction, "top_k": settings.top_k}
+    params.update(conflict_reward=settings.conflict_reward, max_length_ratio=settings.max_length_ratio)
     if settings.random_pairs:
         return lake.run_sql_file("select_random_pairs", {**params, "seed": settings.seed})
-    return lake.run_sql_file("select_pairs", {**params, "conflict_reward": settings.conflict_reward,
-                                              "max_length_ratio": settings.max_length_ratio})
+    return lake.run_sql_file("select_pairs", params)
 
 
 def select(iteration: int, selection: SelectSettings = SelectSettings(), lake: str | None = None) -> dict:

@@ -109,10 +109,11 @@ class EngineSettings:
     """Where text is generated or judged: Hugging Face in-process, vLLM in-process, or any OpenAI-compatible
     server (OpenAI, `vllm serve`, ...)."""
 
-    engine: Literal["auto", "hf", "vllm", "openai"] = "auto"
-    """auto: vllm when it is installed, else hf."""
+    engine: Literal["auto", "hf", "vllm", "openai", "closedworld"] = "auto"
+    """auto: vllm when it is installed, else hf; closedworld: the closed-world benchmark's exact rule judge."""
     model: str = "tiny"
-    """A from_pretrained folder for hf/vllm (`tiny`: the offline tiny model), or the served model's name."""
+    """A from_pretrained folder for hf/vllm (`tiny`: the offline tiny model), the served model's name, or
+    (closedworld) the world's name."""
     base_url: str | None = None
     """The server's URL for engine=openai (e.g. http://127.0.0.1:8000/v1); None: OpenAI's."""
     api_key_env: str = "OPENAI_API_KEY"
@@ -188,7 +189,8 @@ class SelectSettings:
     max_length_ratio: float | None = None
     """Drop a pair whose chosen answer is more than this many times longer than the rejected one."""
     random_pairs: bool = False
-    """Baseline: pick questions and the two answers at random (seeded) instead of by score."""
+    """Baseline: pick questions and the two answers at random (seeded) instead of by variance and extremes
+    (the conflict filter and the length guard still apply)."""
     seed: int = 0
 
 
@@ -200,5 +202,8 @@ class EvalSettings:
     samples: int = 1
     """1: greedy decoding; more: sampled at `temperature`, scores averaged per question."""
     temperature: float = 0.8
+    greedy: bool = False
+    """With samples > 1, also one greedy answer per question, scored as `greedy_proxy_accuracy` and
+    `greedy_proxy_precision` (what the policy knows best, beside what it samples)."""
     llm_judge_win_rate: bool = False
     """Also compare each answer with iteration 0's by the LLM-as-a-Judge score."""

@@ -18,7 +18,7 @@ import lightning as L
 import torch
 
 from .data import PairsDataModule, read_pairs, tokenization_id, write_pairs
-from .dpo_module import DPOModule, load_policy, reference_logps
+from .dpo_module import DPOModule, load_policy, policy_logps, reference_logps
 from .settings import DataConfig, DPOSettings, LoraSettings, ModelSettings, OptimSettings, TrainerSettings
 
 
@@ -89,6 +89,31 @@ def precompute_reference(pairs_path: str | Path, model: ModelSettings, lora: Lor
         rows[i]["ref_chosen_logp"], rows[i]["ref_rejected_logp"] = refs[i]
     write_pairs(rows, pairs_path)
     return {"computed": len(missing), **ident}
+
+
+@torch.no_grad()
+def likelihood_trend(module: DPOModule, dm: PairsDataModule, dpo: DPOSettings, batch_size: int) -> dict[str, float]:
+    """How training moved the log-probability of the pairs' answers, per answer token, against the reference:
+    a falling chosen likelihood is the usual first sign of a degenerating DPO run (answers that win the
+    margin by losing probability everywhere)."""
+    model = module.model
+    was_training = model.training
+    model.eval()
+    sums = {"chosen": 0.0, "rejected": 0.0}
+    for batch in dm.loader(dm.train, batch_size, train=False):
+        batch = {k: v.to(module.device) for k, v in batch.items()}
+        n = batch["index"].shape[0]
+        logps = policy_logps(model, batch, module.model_settings.head_chunk_size).double()
+        if dpo.reference == "precomputed":
+            ref = torch.cat([batch["ref_chosen_logps"], batch["ref_rejected_logps"]]).double()
+        else:
+            with model.disable_adapter():
+                ref = policy_logps(model, batch, module.model_settings.head_chunk_size).double()
+        per_token = (logps - ref) / batch["completion_mask"].sum(-1).clamp(min=1)
+        sums["chosen"] += per_token[:n].sum().item()
+        sums["rejected"] += per_token[n:].sum().item()
+    model.train(was_training)
+    return {f"{k}_logp_change_per_token": v / max(len(dm.train), 1) for k, v in sums.items()}
 
 
 def prepare_run(pairs: str | Path, out_dir: Path, model: ModelSettings, lora: LoraSettings, dpo: DPOSettings,
@@ -165,6 +190,8 @@ def train_pairs(
     result = {"global_step": pl_trainer.global_step, "epochs": pl_trainer.current_epoch,
               "pairs": len(dm.train), "truncated_pairs": dm.truncated, "precision": str(pl_trainer.precision),
               "metrics": {k: float(v) for k, v in pl_trainer.callback_metrics.items()}}
+    if pl_trainer.world_size == 1:  # sharded or replicated runs skip it: one rank alone cannot run the model
+        result["trend"] = likelihood_trend(module, dm, dpo, max(1, data.eval_batch_size or data.batch_size * 4))
     if pl_trainer.global_rank == 0:
         module.save_adapter(out_dir / "adapter", merged=out_dir / "merged" if merged else None)
         if merged:

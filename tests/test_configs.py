@@ -54,4 +54,4 @@ def test_config_parses_for_every_command(config):
                     got_v = getattr(got, k)
                     assert (list(got_v) if isinstance(got_v, tuple) else got_v) == v, (config.name, path, key, k)
             else:
-                assert got == value
+                assert (list(got) if isinstance(got, tuple) else got) == value, (config.name, path, key)

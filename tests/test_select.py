@@ -79,6 +79,21 @@ def test_random_baseline_is_seeded_and_well_ordered(scored_lake):
     assert (a["chosen_score"] > a["rejected_score"]).all()
 
 
+def test_random_baseline_keeps_the_filters(scored_lake):
+    """Only the choice differs from select_pairs.sql: the conflict filter and the length guard still apply."""
+    for seed in range(8):
+        drawn = {r["question_id"]: r for r in select_pairs(scored_lake, 1, SelectSettings(
+            random_pairs=True, top_fraction=1.0, seed=seed)).to_dicts()}
+        kept = select_pairs(scored_lake, 1, SelectSettings(random_pairs=True, top_fraction=1.0, seed=seed,
+                                                           conflict_reward="proxy_precision", max_length_ratio=2.0))
+        precision = {f"1:{q}:{j}": p for q, samples in LITERAL.items() for j, (_, _, p) in enumerate(samples)}
+        tokens = {f"1:{q}:{j}": n for q, samples in LITERAL.items() for j, (_, n, _) in enumerate(samples)}
+        expected = sorted(q for q, r in drawn.items()
+                          if precision[r["chosen_rollout_id"]] >= precision[r["rejected_rollout_id"]]
+                          and tokens[r["chosen_rollout_id"]] <= 2.0 * tokens[r["rejected_rollout_id"]])
+        assert kept["question_id"].to_list() == expected
+
+
 def test_select_stage_writes_pairs_recomputable_from_scores(scored_lake):
     select(1, SelectSettings(top_fraction=1.0), lake=str(scored_lake.root))
     pairs = scored_lake.read("pairs", 1)

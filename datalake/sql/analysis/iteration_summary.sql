@@ -27,7 +27,7 @@ eval_stats AS (
     FROM evaluations GROUP BY iteration
 ),
 eval_lengths AS (
-    SELECT iteration, avg(n_tokens) AS eval_mean_tokens FROM eval_rollouts GROUP BY iteration
+    SELECT iteration, avg(n_tokens) AS eval_mean_tokens FROM eval_rollouts WHERE sample_index >= 0 GROUP BY iteration
 )
 SELECT
     i.iteration,
