@@ -14,6 +14,7 @@ from typing import Any
 
 from . import dataset, generate, query, tiny
 from .cliconfig import rewrite_config
+from .closedworld import bench as closedworld
 from .errors import ProxyRewardError
 from .evaluate import evaluate
 from .iterate import iterate
@@ -53,6 +54,7 @@ COMMANDS: dict[str, Any] = {
     "evaluate": (evaluate, ()),
     "iterate": (iterate, ()),
     "report": (report, ()),
+    "closedworld": {"build": (closedworld.build, ()), "run": (closedworld.run, ())},
 }
 
 
