@@ -163,6 +163,12 @@ def test_health_flags_each_sign_of_degeneration(lake):
     assert "chosen likelihood collapsing" in h[2] and "token limit (50%)" in h[2] and "precision dropping" in h[2]
 
 
+def test_an_unknown_variant_is_refused_before_any_work(tmp_path):
+    proc = run_cli("closedworld", "run", "--workdir", str(tmp_path / "cw"), "--variants", "[proxy, best_of_n]")
+    assert proc.returncode == 1 and "unknown variant 'best_of_n'" in proc.stderr
+    assert not (tmp_path / "cw" / "lakes").exists()
+
+
 def test_benchmark_end_to_end_small(tmp_path):
     """The whole benchmark, tiny: world, pretraining, base lake, two variants of the production loop, report."""
     out = tmp_path / "cw"

@@ -28,6 +28,7 @@ import polars as pl
 from .. import tiny as tiny_models
 from ..dataset import read_jsonl, store
 from ..engines import shared_engines
+from ..errors import ProxyRewardError
 from ..evaluate import evaluate as evaluate_stage
 from ..iterate import finished, health, iterate
 from ..lake import Lake
@@ -66,10 +67,11 @@ def build(world: cw.WorldConfig = cw.WorldConfig(), tiny: tiny_models.TinyModelC
     t0 = time.perf_counter()
     model = tiny_models.cached(tiny)
     info = json.loads((model / "proxyreward_tiny.json").read_text())
+    loss = "none" if info["warmup_final_loss"] is None else f"{info['warmup_final_loss']:.3f}"
     print(f"closed world: {world.entities} people x {world.attributes} attributes, "
           f"{sum(1 for _ in open(files['corpus']))} corpus dialogues -> {folder}\n"
-          f"policy: {model} ({info['parameters'] / 1e6:.2f}M parameters, pretraining loss "
-          f"{info['warmup_final_loss']:.3f}, built in {info['build_seconds']} s; {time.perf_counter() - t0:.0f} s now)")
+          f"policy: {model} ({info['parameters'] / 1e6:.2f}M parameters, pretraining loss {loss}, "
+          f"built in {info['build_seconds']} s; {time.perf_counter() - t0:.0f} s now)")
     return {"files": {k: str(v) for k, v in files.items()}, "model": str(model), "tiny": tiny}
 
 
@@ -80,7 +82,7 @@ def _variant_selection(selection: SelectSettings, variant: str, seed: int) -> Se
         return dataclasses.replace(selection, random_pairs=True, seed=seed)
     if variant == "length":
         return dataclasses.replace(selection, reward="length", seed=seed)
-    raise ValueError(f"unknown variant {variant!r} (known: {', '.join(VARIANTS)})")
+    raise ProxyRewardError(f"variants: unknown variant {variant!r} (known: {', '.join(VARIANTS)})")
 
 
 def run(
@@ -125,14 +127,14 @@ def run(
         fresh: delete earlier lakes first (otherwise every lake resumes where it stopped).
         workdir: the benchmark's folder (world/, lakes/ and the report go under it).
     """
+    for v in variants:
+        _variant_selection(selection, v, 0)  # unknown names fail before any work
     t0 = time.perf_counter()
     built = build(world, tiny, workdir)
     tiny = built["tiny"]
     lakes = Path(workdir) / "lakes" / f"world{world.seed}"
     if fresh:
         shutil.rmtree(lakes, ignore_errors=True)
-    for v in variants:
-        _variant_selection(selection, v, 0)  # unknown names fail before any work
     records = read_jsonl(Path(built["files"]["dataset"]))
     for seed in seeds:
         seeded = {"policy": dataclasses.replace(policy, seed=seed),
