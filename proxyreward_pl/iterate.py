@@ -42,8 +42,6 @@ from .settings import (
 )
 from .train import train as train_stage
 
-STAGES = ("rollout", "score:proxy", "select", "train", "evaluate")
-
 
 @contextlib.contextmanager
 def iterate_lock(lake: Lake) -> Iterator[None]:
