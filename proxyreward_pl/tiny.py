@@ -63,7 +63,10 @@ def read_dialogues(path: str | Path) -> list[list[dict]]:
     out = []
     for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
         if line.strip():
-            rec = json.loads(line)
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{n}: not JSON ({exc.msg})") from None
             if not isinstance(rec, dict) or not isinstance(rec.get("messages"), list):
                 raise ValueError(f"{path}:{n}: messages: expected a list of chat messages")
             out.append(rec["messages"])
@@ -198,7 +201,9 @@ def build(out: Path, config: TinyModelConfig = TinyModelConfig()) -> Path:
 
 
 def config_hash(config: TinyModelConfig) -> str:
-    h = hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True).encode())
+    # the corpus counts by its content (hashed below), not its path: a moved corpus reuses the model
+    shape = {k: v for k, v in dataclasses.asdict(config).items() if k != "corpus"}
+    h = hashlib.sha256(json.dumps(shape, sort_keys=True).encode())
     for t in corpus_texts(corpus=config.corpus):
         h.update(t.encode())
     return h.hexdigest()[:12]

@@ -197,3 +197,17 @@ def test_benchmark_end_to_end_small(tmp_path):
                     timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "done earlier, skipped" in again.stdout and "[iterate] iteration 1 train (" not in again.stdout
+
+
+def test_the_policy_cache_keys_on_corpus_content_not_its_path(tmp_path):
+    from proxyreward_pl import tiny
+
+    files = cw.write(SMALL, tmp_path / "a")
+    moved = tmp_path / "b" / "corpus.jsonl"
+    moved.parent.mkdir()
+    moved.write_bytes(files["corpus"].read_bytes())
+    a, b = (tiny.config_hash(tiny.TinyModelConfig(corpus=str(p))) for p in (files["corpus"], moved))
+    assert a == b
+    moved.write_text(moved.read_text() + "{not json\n")
+    with pytest.raises(ValueError, match=r"corpus\.jsonl:41: not JSON"):
+        tiny.config_hash(tiny.TinyModelConfig(corpus=str(moved)))
