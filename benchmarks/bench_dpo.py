@@ -43,8 +43,8 @@ def peak_rss_mb() -> float:
 
 def make_pairs(path: Path, n: int, target_tokens: int, seed: int = 0) -> None:
     """Pairs over the bundled questions whose answers are runs of its statements, of varied lengths."""
-    from proxyreward_pl.data import write_pairs
     from proxyreward_pl.dataset import seed_records
+    from proxyreward_pl.training.pairs import write_pairs
 
     rng = random.Random(seed)
     records = seed_records()
@@ -83,10 +83,10 @@ def gpu_model(path: Path) -> None:
 def count_tokens(pairs: Path, model: str, max_length: int) -> int:
     from transformers import AutoTokenizer
 
-    from proxyreward_pl.data import DataConfig, read_pairs, tokenize_pairs
+    from proxyreward_pl.training.pairs import DataSettings, read_pairs, tokenize_pairs
 
     tok = AutoTokenizer.from_pretrained(model)
-    pairs_t = tokenize_pairs(tok, read_pairs(pairs), DataConfig(max_length=max_length))
+    pairs_t = tokenize_pairs(tok, read_pairs(pairs), DataSettings(max_length=max_length))
     return sum(2 * len(p.prompt) + len(p.chosen) + len(p.rejected) for p in pairs_t)
 
 
@@ -106,7 +106,7 @@ def worker(args) -> dict:
         from peft import LoraConfig
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from proxyreward_pl.data import prompt_ids, read_pairs
+        from proxyreward_pl.training.pairs import prompt_ids, read_pairs
 
         tok = AutoTokenizer.from_pretrained(model_path)
         rows = [{"prompt": tok.decode(prompt_ids(tok, r["prompt"])), "chosen": r["chosen"], "rejected": r["rejected"]}
@@ -130,25 +130,32 @@ def worker(args) -> dict:
             torch.cuda.synchronize()
         result["seconds"] = time.perf_counter() - t0
     else:
-        from proxyreward_pl.data import DataConfig
-        from proxyreward_pl.dpo_module import DPOSettings, LoraSettings, ModelSettings, OptimSettings
-        from proxyreward_pl.trainer import TrainerSettings, precompute_reference, prepare_run
+        from proxyreward_pl.settings import (
+            DataSettings,
+            DPOSettings,
+            LoraSettings,
+            ModelSettings,
+            OptimSettings,
+            TrainerSettings,
+            TrainingSettings,
+        )
+        from proxyreward_pl.training.core import ensure_reference, prepare_run
 
-        model = ModelSettings(path=model_path, dtype="bfloat16" if gpu else "float32")
-        lora_s = LoraSettings(r=lora["r"], alpha=lora["alpha"])
-        data = DataConfig(max_length=args.max_length, batch_size=args.batch_size)
         persisted = args.worker == "ours-persisted"
+        settings = TrainingSettings(
+            model=ModelSettings(path=model_path, dtype="bfloat16" if gpu else "float32"),
+            lora=LoraSettings(r=lora["r"], alpha=lora["alpha"]),
+            dpo=DPOSettings(reference="precomputed" if persisted else "adapter_disabled"),
+            optim=OptimSettings(lr=1e-5),
+            data=DataSettings(max_length=args.max_length, batch_size=args.batch_size),
+            trainer=TrainerSettings(epochs=1, accumulate_grad_batches=args.accumulate, loggers=(), progress_bar=False,
+                                    checkpoint_every_n_steps=10**9, precision="bf16-mixed" if gpu else "32-true",
+                                    accelerator="gpu" if gpu else "cpu", devices=1))
         if persisted:
             t0 = time.perf_counter()
-            precompute_reference(pairs, model, lora_s, data)
+            ensure_reference(pairs, settings)
             result["reference_seconds"] = time.perf_counter() - t0
-        settings = TrainerSettings(epochs=1, accumulate_grad_batches=args.accumulate, loggers=(), progress_bar=False,
-                                   checkpoint_every_n_steps=10**9, precision="bf16-mixed" if gpu else "32-true",
-                                   accelerator="gpu" if gpu else "cpu", devices=1)
-        module, dm, trainer = prepare_run(
-            pairs, Path(args.out) / args.worker, model, lora_s,
-            DPOSettings(reference="precomputed" if persisted else "adapter_disabled"),
-            OptimSettings(lr=1e-5), data, settings)
+        module, dm, trainer = prepare_run(pairs, Path(args.out) / args.worker, settings)
         base = torch.cuda.memory_allocated() if gpu else rss_mb()
         t0 = time.perf_counter()
         trainer.fit(module, datamodule=dm)

@@ -19,7 +19,7 @@ sys.path.insert(0, str(REPO))
 
 from proxyreward_pl.engines import Request, make_engine  # noqa: E402
 from proxyreward_pl.settings import EngineSettings  # noqa: E402
-from tests.judge_server import JudgeServer  # noqa: E402
+from tests.servers.judge import JudgeServer  # noqa: E402
 
 
 def run(url: str, concurrency: int, n: int, tag: str) -> float:

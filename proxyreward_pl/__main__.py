@@ -1,18 +1,20 @@
-"""`proxyreward` command line: each subcommand is one typed function, parsed by jsonargparse.
+"""`proxyreward` command line: each subcommand is one typed function, parsed by jsonargparse. It parses and
+dispatches; it holds no logic of its own.
 
 `--config FILE` works on every subcommand: a YAML file (see configs/) whose top-level keys are the
 sections of the whole pipeline; each subcommand takes the keys it has parameters for and ignores the
-rest, and flags given after it override it (`--judge.model X`).
+rest, and flags override it wherever they stand (`--judge.model X`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import sys
 from collections.abc import Callable
 from typing import Any
 
-from . import dataset, generate, query, tiny
+from . import dataset, query, synthesis, tiny
 from .cliconfig import rewrite_config
 from .closedworld import bench as closedworld
 from .errors import ProxyRewardError
@@ -22,20 +24,8 @@ from .report import report
 from .rollout import rollout
 from .score import score
 from .select import select
+from .settings import SettingsError
 from .train import train
-
-
-def tiny_model(out: str, tiny: tiny.TinyModelConfig = tiny.TinyModelConfig()) -> None:
-    """Build an offline tiny tokenizer + Llama model and save it with save_pretrained.
-
-    Args:
-        out: output folder.
-        tiny: shape and warm-up of the model.
-    """
-    from . import tiny as tiny_module
-
-    tiny_module.build(out, tiny)
-
 
 # name -> (function, parameters taken as positional arguments); a dict nests subcommands.
 COMMANDS: dict[str, Any] = {
@@ -44,9 +34,9 @@ COMMANDS: dict[str, Any] = {
     "export": (dataset.export, ("table", "path")),
     "sql": (query.sql, ("query",)),
     "lake": {"status": (query.lake_status, ())},
-    "tiny-model": (tiny_model, ("out",)),
-    "dataset": {"generate": (generate.generate, ()), "proxyqa": (generate.proxyqa, ("path",)),
-                "stats": (generate.stats, ())},
+    "tiny-model": (tiny.tiny_model, ("out",)),
+    "dataset": {"generate": (synthesis.generate, ()), "proxyqa": (synthesis.proxyqa, ("path",)),
+                "stats": (synthesis.stats, ())},
     "rollout": (rollout, ()),
     "score": (score, ()),
     "select": (select, ()),
@@ -132,18 +122,44 @@ def _call(fn: Callable, namespace) -> Any:
     return fn(**kwargs)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _settings_error(fn: Callable, ns, exc: SettingsError) -> str:
+    """`--section.field: problem`: the section is the parameter whose settings refuse to be built."""
+    for name, param in inspect.signature(fn).parameters.items():
+        cls = param.annotation if isinstance(param.annotation, type) else type(param.default)
+        value = getattr(ns, name, None)
+        if dataclasses.is_dataclass(cls) and value is not None and hasattr(value, "as_dict"):
+            try:
+                cls(**value.as_dict())
+            except SettingsError as inner:
+                return f"--{name}.{inner}"
+            except Exception:  # noqa: S112 - not this section's fault
+                continue
+    return str(exc)
+
+
+def parse(argv: list[str]) -> tuple[Callable, Any]:
+    """The subcommand's function and its instantiated arguments; SettingsError names the bad option."""
     path, fn = _resolve(argv)
     if fn is not None:
         argv = path + rewrite_config(argv[len(path):], fn)
     parser = build_parser()
-    ns = parser.parse_args(argv)
-    init = parser.instantiate(ns)
+    ns = ns_cmd = parser.parse_args(argv)
+    for name in path:
+        ns_cmd = ns_cmd[name]
+    try:
+        init = parser.instantiate(ns)
+    except SettingsError as exc:
+        raise ProxyRewardError(_settings_error(fn, ns_cmd, exc)) from None
     for name in path:
         init = init[name]
+    return fn, init
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        _call(fn, init)
+        fn, args = parse(argv)
+        _call(fn, args)
     except ProxyRewardError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -1,22 +1,27 @@
-"""Asking an engine many questions: settings resolution, retries of unusable answers, progress, token counts.
-
-Shared by the stages that put questions to a model (score, evaluate, rollout, dataset generation)."""
+"""Asking a model, shared by every stage that does (rollout, score, evaluate, dataset generation): engine
+settings resolution, the policy of an iteration, sampling k answers per question, asking many questions with
+retries of unusable answers, progress bars and token counts."""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import sys
+import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from . import tiny as tiny_models
 from .engines import Engine, Request, Result
-from .rewards.errors import ParseError
-from .settings import EngineSettings
+from .errors import ProxyRewardError
+from .lake import Lake
+from .rewards.parsing import ParseError
+from .settings import EngineSettings, TinySettings
 
 
-def resolve_engine(settings: EngineSettings, tiny: tiny_models.TinyModelConfig) -> EngineSettings:
+def resolve_engine(settings: EngineSettings, tiny: TinySettings) -> EngineSettings:
     """engine `auto` means vllm when it is installed, else hf; `model: tiny` on an in-process engine means
     the offline tiny model (built once, cached)."""
     if settings.engine == "auto":
@@ -126,3 +131,61 @@ def ask(engine: Engine, asked: list[Asked], retries: int, tokens: Tokens, label:
     finally:
         progress.close()
     return outcomes
+
+
+def policy_of(lake: Lake, iteration: int, engine: EngineSettings, prefix: str = "iteration-") -> tuple[str | None, str]:
+    """(adapter to pass to the engine, policy name for the rows) of iteration N's policy (0 = base)."""
+    if iteration == 0:
+        return None, f"{engine.model}+base"
+    path = lake.adapter_dir(iteration)
+    weights = path / "adapter_model.safetensors"
+    if not weights.exists():
+        raise ProxyRewardError(f"iteration {iteration}'s policy needs its adapter in {path}; train iteration "
+                               f"{iteration} first")
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
+    adapter = f"{prefix}{iteration}" if engine.engine == "openai" else str(path)
+    return adapter, f"{engine.model}+adapter:{digest}"
+
+
+def sample(engine, questions: list[dict], *, iteration: int, k: int, temperature: float, top_p: float,
+           max_new_tokens: int, seed: int, adapter: str | None, policy: str, label: str,
+           first_index: int = 0) -> tuple[list[dict], dict]:
+    """k answers to every question: rollout rows (in question order, `sample_index` counting from
+    `first_index`; -1 marks evaluation's extra greedy answer) and token counts."""
+    requests = [Request([{"role": "user", "content": q["text"]}], max_tokens=max_new_tokens, temperature=temperature,
+                        top_p=top_p, n=k, adapter=adapter, adapter_version=policy if adapter else None,
+                        seed=seed * 1_000_003 + zlib.crc32(q["question_id"].encode()), tag=q["question_id"])
+                for q in questions]
+    got: dict[str, Result] = {}
+    progress = Progress(len(requests), label)
+    tokens = {"generated": 0, "sent": 0, "cached": 0}
+    t0 = time.perf_counter()
+
+    def on_result(res: Result) -> bool:
+        got[res.request.tag] = res
+        progress.advance()
+        if res.ok:
+            tokens["cached" if res.cached else "sent"] += 1
+            if not res.cached:
+                tokens["generated"] += sum(res.completion_tokens)
+        return res.ok and len(res.texts) == k
+
+    try:
+        engine.run(requests, on_result)
+    finally:
+        progress.close()
+    failed = [qid for qid, r in got.items() if not r.ok]
+    if failed:
+        raise ProxyRewardError(f"the policy engine failed on {len(failed)} question(s), e.g. {failed[0]}: "
+                               f"{got[failed[0]].error}")
+    rows = []
+    for q in questions:
+        res = got[q["question_id"]]
+        answers = zip(res.texts, res.finish_reasons, res.completion_tokens, strict=True)
+        for j, (text, reason, n) in enumerate(answers, start=first_index):
+            rows.append({"iteration": iteration, "rollout_id": f"{iteration}:{q['question_id']}:{j}",
+                         "question_id": q["question_id"], "policy": policy, "sample_index": j, "response": text,
+                         "n_tokens": int(n), "finish_reason": reason})
+    tokens["seconds"] = time.perf_counter() - t0
+    tokens["tokens_per_second"] = tokens["generated"] / max(tokens["seconds"], 1e-9)
+    return rows, tokens

@@ -1,7 +1,9 @@
-"""`--config FILE` for a pipeline config: keep the sections a command has parameters for.
+"""`--config FILE` for a pipeline config: keep the sections a command has parameters for, and let flags win.
 
 A config (configs/*.yaml) describes the whole pipeline; each command takes the sections it knows, so one
-file serves every command. Kept free of heavy imports: the training core's own CLI uses it too.
+file serves every command. Flags beat config files whatever their order on the command line (`--lake X
+--config configs/tiny.yaml` uses X); of two config files the later wins. Kept free of heavy imports: the
+training core's own CLI uses it too.
 """
 
 from __future__ import annotations
@@ -15,20 +17,25 @@ import yaml
 from .errors import ProxyRewardError
 
 
-def filter_config(fn: Callable, text: str) -> dict:
+def filter_config(fn: Callable, text: str, where: str = "--config") -> dict:
     """The keys of a pipeline config that `fn` has parameters for."""
-    data = yaml.safe_load(text) or {}
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ProxyRewardError(f"{where}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
-        raise ProxyRewardError("a config file holds a mapping of sections")
+        raise ProxyRewardError(f"{where}: no such file, and not a YAML mapping of sections")
     params = inspect.signature(fn).parameters
     return {k: v for k, v in data.items() if k in params}
 
 
 def rewrite_config(argv: list[str], fn: Callable) -> list[str]:
-    out, i = [], 0
+    """argv for jsonargparse: every `--config` first (filtered to `fn`'s sections, in their own order), then
+    every other argument as given (`--per-question` spelled `--per_question`), so that flags override
+    configs wherever they stand."""
+    configs, rest, i = [], [], 0
     while i < len(argv):
         arg = argv[i]
-        value = None
         if arg == "--config" and i + 1 < len(argv):
             value, i = argv[i + 1], i + 2
         elif arg.startswith("--config="):
@@ -37,9 +44,13 @@ def rewrite_config(argv: list[str], fn: Callable) -> list[str]:
             if arg.startswith("--") and "-" in arg[2:].split("=", 1)[0]:  # --per-question == --per_question
                 name, eq, val = arg[2:].partition("=")
                 arg = "--" + name.replace("-", "_") + eq + val
-            out.append(arg)
+            rest.append(arg)
             i += 1
             continue
-        text = open(value, encoding="utf-8").read() if os.path.exists(value) else value
-        out += ["--config", yaml.safe_dump(filter_config(fn, text)) or "{}"]
-    return out
+        if os.path.exists(value):
+            with open(value, encoding="utf-8") as fh:
+                text = fh.read()
+        else:
+            text = value
+        configs += ["--config", yaml.safe_dump(filter_config(fn, text, f"--config {value}")) or "{}"]
+    return configs + rest

@@ -1,7 +1,7 @@
 """`proxyreward evaluate --iteration N`: the eval meta-questions answered by iteration N's policy (N = 0:
-the base model; greedy decoding unless `evaluate.samples` > 1, then optionally one greedy answer more, stored
-with sample_index -1), judged by the proxy judge. ProxyQA-style
-accuracy and precision per question land in `evaluations`, the answers in `eval_rollouts`.
+the base model; greedy decoding unless `evaluation.samples` > 1, then optionally one greedy answer more, stored
+with sample_index -1 and scored as `greedy_*`), judged by the proxy judge. ProxyQA-style accuracy and
+precision per question land in `evaluations`, the answers in `eval_rollouts`.
 """
 
 from __future__ import annotations
@@ -11,15 +11,13 @@ import dataclasses
 import polars as pl
 
 from . import prompts
-from . import tiny as tiny_models
-from .asking import Tokens, ask, resolve_engine
+from .asking import Tokens, ask, policy_of, resolve_engine, sample
 from .engines import make_engine
 from .errors import ProxyRewardError
+from .judging import judge_name, proxy_requests, proxy_rows, rated_request, rated_rows, statements_by_question
 from .lake import Lake
-from .rollout import policy_of, sample
-from .runs import record_run
-from .score import judge_name, proxy_questions, proxy_rows, rated_question, rated_rows
-from .settings import EngineSettings, EvalSettings, JudgeSettings, RolloutSettings
+from .lake.runs import record_run
+from .settings import EngineSettings, EvalSettings, JudgeSettings, RolloutSettings, TinySettings
 
 
 def evaluate(
@@ -28,7 +26,7 @@ def evaluate(
     judge: JudgeSettings = JudgeSettings(),
     evaluation: EvalSettings = EvalSettings(),
     sampling: RolloutSettings = RolloutSettings(),
-    tiny: tiny_models.TinyModelConfig = tiny_models.TinyModelConfig(),
+    tiny: TinySettings = TinySettings(),
     lake: str | None = None,
 ) -> dict:
     """Answer the eval meta-questions with iteration N's policy and judge the answers with the proxy judge.
@@ -63,31 +61,26 @@ def evaluate(
                                       temperature=0.0 if greedy else evaluation.temperature, top_p=1.0,
                                       max_new_tokens=evaluation.max_new_tokens, seed=0, adapter=adapter, policy=name,
                                       label=f"eval answers of iteration {iteration}")
-            for r in rows:
-                r["rollout_id"] = "eval:" + r["rollout_id"]
             if evaluation.greedy and not greedy:
                 extra, more = sample(gen, questions, iteration=iteration, k=1, temperature=0.0, top_p=1.0,
                                      max_new_tokens=evaluation.max_new_tokens, seed=0, adapter=adapter, policy=name,
-                                     label=f"greedy eval answers of iteration {iteration}")
-                for r in extra:
-                    r.update(rollout_id="eval-greedy:" + r["rollout_id"], sample_index=-1)
+                                     label=f"greedy eval answers of iteration {iteration}", first_index=-1)
                 rows += extra
                 gen_tokens["generated"] += more["generated"]
         finally:
             gen.close()
-        statements: dict[str, list[dict]] = {}
-        for s in lk.sql("SELECT * FROM proxy_questions ORDER BY question_id, position").to_dicts():
-            statements.setdefault(s["question_id"], []).append(s)
+        statements = statements_by_question(lk)
         engine = make_engine(judge, cache_path=cache)
         tokens = Tokens()
         try:
             by_id = {q["question_id"]: q for q in questions}
-            outcomes = ask(engine, proxy_questions(rows, statements, by_id, judge), judge.parse_retries, tokens,
+            outcomes = ask(engine, proxy_requests(rows, statements, by_id, judge), judge.parse_retries, tokens,
                            f"judging eval answers of iteration {iteration}")
             _, scores = proxy_rows(iteration, rows, statements, outcomes, judge_name(engine, judge),
                                    prompts.template_hash("proxy_judge"), judge.mode)
+            extra_greedy = {r["rollout_id"] for r in rows if r["sample_index"] < 0}
             for sc in scores:
-                if sc["rollout_id"].startswith("eval-greedy:"):
+                if sc["rollout_id"] in extra_greedy:
                     sc["reward"] = "greedy_" + sc["reward"]
             if evaluation.llm_judge_win_rate and iteration > 0:
                 scores += win_rate_rows(lk, iteration, [r for r in rows if r["sample_index"] >= 0], by_id, engine,
@@ -117,7 +110,7 @@ def win_rate_rows(lk: Lake, iteration: int, rows: list[dict], questions: dict, e
     if not base:
         raise ProxyRewardError("the LLM-judge win rate compares with iteration 0: evaluate iteration 0 first")
     both = [r for r in rows if r["question_id"] in base] + list(base.values())
-    asked = [rated_question("llm_judge", r, questions[r["question_id"]], judge) for r in both]
+    asked = [rated_request("llm_judge", r, questions[r["question_id"]], judge) for r in both]
     outcomes = ask(engine, asked, judge.parse_retries, tokens, "LLM-judge comparison with iteration 0")
     rated = {r["rollout_id"]: s for r, s in zip(both, rated_rows(iteration, both, outcomes, "llm_judge", ""),
                                                strict=True)}

@@ -6,7 +6,7 @@ selection by another reward (llm_judge, longreward, length) scores that one too.
 loop checks itself for degeneration (`analysis/health.sql`) and warns. A re-run after a crash starts at the
 first stage that has no finished run and redoes nothing finished. A lock refuses a second concurrent
 `iterate` on the same lake. Engines are shared between the stages of one run (one vLLM start, not one per
-stage).
+stage). This module sits above the stages: it is the only one that calls them.
 """
 
 from __future__ import annotations
@@ -16,31 +16,35 @@ import fcntl
 import os
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import polars as pl
 
-from . import tiny as tiny_models
 from .engines import shared_engines
 from .errors import ProxyRewardError
 from .evaluate import evaluate as evaluate_stage
 from .lake import Lake
+from .lake.runs import finished
 from .rollout import rollout as rollout_stage
 from .score import score as score_stage
 from .select import select as select_stage
 from .settings import (
-    DataConfig,
+    DataSettings,
     DPOSettings,
     EngineSettings,
     EvalSettings,
     JudgeSettings,
+    LoopSettings,
     LoraSettings,
     ModelSettings,
     OptimSettings,
     RolloutSettings,
     SelectSettings,
+    TinySettings,
     TrainerSettings,
+    TrainingSettings,
 )
-from .train import train as train_stage
+from .train import train_iteration
 
 
 @contextlib.contextmanager
@@ -64,11 +68,6 @@ def iterate_lock(lake: Lake) -> Iterator[None]:
     finally:
         fcntl.flock(fh, fcntl.LOCK_UN)
         fh.close()
-
-
-def finished(lake: Lake, iteration: int, stage: str) -> bool:
-    return lake.sql("SELECT count(*) FROM runs WHERE iteration = ? AND stage = ? AND status = 'finished'",
-                    [iteration, stage]).item() > 0
 
 
 def reward_family(reward: str) -> str:
@@ -97,6 +96,68 @@ def summary(lake: Lake) -> pl.DataFrame:
     return lake.run_sql_file("analysis/iteration_summary")
 
 
+@dataclass(frozen=True)
+class Step:
+    """One stage run of the loop: its key in `runs` and how to run it on a lake."""
+
+    iteration: int
+    stage: str
+    run: Callable[[Lake], object]
+    reward: str | None = None
+
+    def __str__(self) -> str:
+        return f"iteration {self.iteration} {self.stage}{' ' + self.reward if self.reward else ''}"
+
+
+def plan(s: LoopSettings, iterations: int) -> list[Step]:
+    """Every stage of iterations 0..`iterations` in order (iteration 0: the base model's evaluation)."""
+    def evaluate(n: int) -> Step:
+        return Step(n, "evaluate", lambda lk: evaluate_stage(n, s.policy, s.judge, s.evaluation, s.sampling, s.tiny,
+                                                             str(lk.root)))
+
+    def score(n: int, reward: str) -> Step:
+        return Step(n, "score", lambda lk: score_stage(n, reward, s.judge, s.tiny, str(lk.root)), reward)
+
+    family = reward_family(s.selection.reward)
+    steps = [evaluate(0)]
+    for n in range(1, iterations + 1):
+        steps += [Step(n, "rollout", lambda lk, n=n: rollout_stage(n, s.policy, s.sampling, s.tiny, str(lk.root))),
+                  score(n, "proxy")]
+        if family != "proxy":
+            steps.append(score(n, family))
+        steps += [Step(n, "select", lambda lk, n=n: select_stage(n, s.selection, str(lk.root))),
+                  Step(n, "train", lambda lk, n=n: train_iteration(lk, n, s.training, s.tiny)),
+                  evaluate(n)]
+    return steps
+
+
+def run_loop(lake: Lake, settings: LoopSettings, iterations: int = 2, report: bool = True) -> pl.DataFrame:
+    """Every step of `plan` without a finished run, in order, under the lake's iterate lock; then the summary."""
+    from .dataset import ensure_seeded
+
+    t0 = time.perf_counter()
+    with iterate_lock(lake), shared_engines():
+        ensure_seeded(lake)
+        for step in plan(settings, iterations):
+            if finished(lake, step.iteration, step.stage, step.reward):
+                print(f"[iterate] {step}: done earlier, skipped")
+                continue
+            print(f"[iterate] {step} ({time.perf_counter() - t0:.0f} s)", flush=True)
+            step.run(lake)
+            if step.stage == "evaluate":
+                warn_if_degenerating(lake, step.iteration)
+    table = summary(lake)
+    from .query import render
+
+    print(f"\n[iterate] finished in {time.perf_counter() - t0:.0f} s\n" + render(table))
+    print("\n[iterate] health (analysis/health.sql)\n" + render(health(lake)))
+    if report:
+        from .report import write_report
+
+        print(f"[iterate] report: {write_report(lake)}")
+    return table
+
+
 def iterate(
     iterations: int = 2,
     policy: EngineSettings = EngineSettings(),
@@ -107,10 +168,10 @@ def iterate(
     lora: LoraSettings = LoraSettings(),
     dpo: DPOSettings = DPOSettings(),
     optim: OptimSettings = OptimSettings(),
-    data: DataConfig = DataConfig(),
+    data: DataSettings = DataSettings(),
     trainer: TrainerSettings = TrainerSettings(),
     evaluation: EvalSettings = EvalSettings(),
-    tiny: tiny_models.TinyModelConfig = tiny_models.TinyModelConfig(),
+    tiny: TinySettings = TinySettings(),
     report: bool = True,
     lake: str | None = None,
 ) -> pl.DataFrame:
@@ -133,44 +194,7 @@ def iterate(
         report: write the HTML report at the end.
         lake: lake root (default: PROXYREWARD_LAKE or the repository's datalake/).
     """
-    from .dataset import ensure_seeded
-
-    lk = Lake(lake)
-    t0 = time.perf_counter()
-    with iterate_lock(lk), shared_engines():
-        ensure_seeded(lk)
-        root = str(lk.root)
-        family = reward_family(selection.reward)
-        plan: list[tuple[int, str, Callable[[], object]]] = [
-            (0, "evaluate", lambda: evaluate_stage(0, policy, judge, evaluation, sampling, tiny, root))]
-        for n in range(1, iterations + 1):
-            plan += [
-                (n, "rollout", lambda n=n: rollout_stage(n, policy, sampling, tiny, root)),
-                (n, "score:proxy", lambda n=n: score_stage(n, "proxy", judge, tiny, root)),
-            ]
-            if family != "proxy":
-                plan.append((n, f"score:{family}", lambda n=n: score_stage(n, family, judge, tiny, root)))
-            plan += [
-                (n, "select", lambda n=n: select_stage(n, selection, root)),
-                (n, "train", lambda n=n: train_stage(n, model, lora, dpo, optim, data, trainer, tiny, lake=root)),
-                (n, "evaluate", lambda n=n: evaluate_stage(n, policy, judge, evaluation, sampling, tiny, root)),
-            ]
-        for n, stage, run in plan:
-            if finished(lk, n, stage):
-                print(f"[iterate] iteration {n} {stage}: done earlier, skipped")
-                continue
-            print(f"[iterate] iteration {n} {stage} ({time.perf_counter() - t0:.0f} s)", flush=True)
-            run()
-            if stage == "evaluate":
-                warn_if_degenerating(lk, n)
-    table = summary(lk)
-    from .query import render
-
-    print(f"\n[iterate] finished in {time.perf_counter() - t0:.0f} s\n" + render(table))
-    print("\n[iterate] health (analysis/health.sql)\n" + render(health(lk)))
-    if report:
-        from .report import write_report
-
-        path = write_report(lk)
-        print(f"[iterate] report: {path}")
-    return table
+    training = TrainingSettings(model=model, lora=lora, dpo=dpo, optim=optim, data=data, trainer=trainer)
+    settings = LoopSettings(policy=policy, sampling=sampling, judge=judge, selection=selection, training=training,
+                            evaluation=evaluation, tiny=tiny)
+    return run_loop(Lake(lake), settings, iterations, report)

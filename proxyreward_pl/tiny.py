@@ -18,10 +18,10 @@ import random
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from .paths import CACHE_DIR, PROMPTS_DIR, SEED_DIR
+from .settings import TinySettings
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 CHAT_TEMPLATE = (
@@ -30,32 +30,6 @@ CHAT_TEMPLATE = (
 )
 # Standard-library modules whose documentation joins the tokenizer corpus ("other text on the machine").
 _STDLIB_TEXT = ("collections", "json", "re", "itertools", "functools", "pathlib", "statistics", "textwrap")
-
-
-@dataclass(frozen=True)
-class TinyModelConfig:
-    """Shape and warm-up of an offline tiny causal LM."""
-
-    vocab_size: int = 4096
-    """BPE vocabulary size, special tokens included."""
-    hidden_size: int = 256
-    intermediate_size: int = 512
-    num_layers: int = 4
-    num_heads: int = 4
-    """Attention heads; head size = hidden_size / num_heads (64 suits vLLM's CPU kernels)."""
-    num_kv_heads: int = 2
-    max_position_embeddings: int = 2048
-    warmup_steps: int = 160
-    """Steps of LM training on the bundled dataset as chat answers (0: random weights)."""
-    warmup_batch_size: int = 8
-    warmup_max_tokens: int = 256
-    """Warm-up examples are cut to this many tokens."""
-    warmup_lr: float = 3e-3
-    seed: int = 0
-    corpus: str | None = None
-    """A JSONL file of chat dialogues ({"messages": [...]} per line) that the tokenizer learns from and the
-    warm-up trains on (e.g. a closed world's corpus); None: the bundled dataset, answered by its true
-    statements."""
 
 
 def read_dialogues(path: str | Path) -> list[list[dict]]:
@@ -123,7 +97,7 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     return fast
 
 
-def _warm_up(model, tokenizer, cfg: TinyModelConfig) -> float:
+def _warm_up(model, tokenizer, cfg: TinySettings) -> float:
     import torch
 
     rng = random.Random(cfg.seed)
@@ -155,7 +129,7 @@ def _warm_up(model, tokenizer, cfg: TinyModelConfig) -> float:
     return loss.item()
 
 
-def build(out: Path, config: TinyModelConfig = TinyModelConfig()) -> Path:
+def build(out: Path, config: TinySettings = TinySettings()) -> Path:
     """Train the tokenizer, build (and warm up) the tiny Llama, and save both under OUT.
 
     Args:
@@ -200,7 +174,17 @@ def build(out: Path, config: TinyModelConfig = TinyModelConfig()) -> Path:
     return out
 
 
-def config_hash(config: TinyModelConfig) -> str:
+def tiny_model(out: str, tiny: TinySettings = TinySettings()) -> Path:
+    """Build an offline tiny tokenizer + Llama model and save it with save_pretrained.
+
+    Args:
+        out: output folder.
+        tiny: shape and warm-up of the model.
+    """
+    return build(Path(out), tiny)
+
+
+def config_hash(config: TinySettings) -> str:
     # the corpus counts by its content (hashed below), not its path: a moved corpus reuses the model
     shape = {k: v for k, v in dataclasses.asdict(config).items() if k != "corpus"}
     h = hashlib.sha256(json.dumps(shape, sort_keys=True).encode())
@@ -209,12 +193,12 @@ def config_hash(config: TinyModelConfig) -> str:
     return h.hexdigest()[:12]
 
 
-def resolve(path: str, config: TinyModelConfig) -> str:
+def resolve(path: str, config: TinySettings) -> str:
     """A model path as configured: `tiny` (or empty) means the tiny model of `config`, built once and cached."""
     return str(cached(config)) if path in ("", "tiny") else path
 
 
-def cached(config: TinyModelConfig = TinyModelConfig(), cache_dir: Path | None = None) -> Path:
+def cached(config: TinySettings = TinySettings(), cache_dir: Path | None = None) -> Path:
     """The tiny model for `config`, built once and reused (keyed by config and corpus)."""
     path = (cache_dir or CACHE_DIR / "tiny-models") / config_hash(config)
     if not (path / "proxyreward_tiny.json").exists():

@@ -1,6 +1,6 @@
 """`proxyreward train --iteration N`: DPO with LoRA on the pairs of an iteration.
 
-The lake meets the trainer here and nowhere else: the iteration's pairs (with their texts) go to a
+The lake meets the training core here and nowhere else: the iteration's pairs (with their texts) go to a
 Parquet file, reference log-probs missing for the current reference are computed once and written back
 into `pairs`, the training core runs on the file, and the adapter lands in `<lake>/adapters/iteration=N`
 with a `runs` row holding the config, metrics and adapter path. Under DDP, ranks other than 0 only train.
@@ -19,19 +19,19 @@ import polars as pl
 from . import tiny as tiny_models
 from .errors import ProxyRewardError
 from .lake import Lake
-from .runs import record_run
-from .settings import DataConfig, DPOSettings, LoraSettings, ModelSettings, OptimSettings, TrainerSettings
+from .lake.runs import record_run
+from .settings import (
+    DataSettings,
+    DPOSettings,
+    LoraSettings,
+    ModelSettings,
+    OptimSettings,
+    TinySettings,
+    TrainerSettings,
+    TrainingSettings,
+)
 
 REF_COLUMNS = ("ref_chosen_logp", "ref_rejected_logp", "ref_model", "ref_adapter", "ref_tokenization")
-
-
-def resolve_model(model: ModelSettings, tiny: tiny_models.TinyModelConfig) -> ModelSettings:
-    """`path: tiny` means the offline tiny model of the `tiny` section (built once, cached)."""
-    return dataclasses.replace(model, path=tiny_models.resolve(model.path, tiny))
-
-
-def _is_rank_zero() -> bool:
-    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
 
 
 def _publish(src: Path, dst: Path) -> None:
@@ -50,15 +50,72 @@ def _publish(src: Path, dst: Path) -> None:
 
 
 def _store_reference(lake: Lake, iteration: int, pairs_file: Path, ident: dict) -> None:
-    from .data import read_pairs
+    from .training.pairs import read_pairs
 
-    refs = pl.DataFrame([{"question_id": r["pair_id"], "ref_chosen_logp": r["ref_chosen_logp"],
-                          "ref_rejected_logp": r["ref_rejected_logp"]} for r in read_pairs(pairs_file)])
+    refs = pl.DataFrame([{k: r[k] for k in ("question_id", "ref_chosen_logp", "ref_rejected_logp")}
+                         for r in read_pairs(pairs_file)])
     current = lake.read("pairs", iteration).drop(REF_COLUMNS)
     updated = current.join(refs, on="question_id", how="left").with_columns(
         ref_model=pl.lit(ident["ref_model"]), ref_adapter=pl.lit(ident["ref_adapter"]),
         ref_tokenization=pl.lit(ident["ref_tokenization"]))
     lake.write("pairs", updated, iteration=iteration)
+
+
+def _pair_rows(lake: Lake, iteration: int) -> list[dict]:
+    """The iteration's pairs with their texts (`train_pairs.sql`); every pair must resolve."""
+    expected = lake.sql("SELECT count(*) FROM pairs WHERE iteration = ?", [iteration]).item()
+    if not expected:
+        raise ProxyRewardError(f"no pairs for iteration {iteration}; run `proxyreward select --iteration "
+                               f"{iteration}` first")
+    rows = lake.run_sql_file("train_pairs", {"iteration": iteration})
+    if rows.height != expected:
+        raise ProxyRewardError(f"pairs of iteration {iteration}: {expected - rows.height} name rollouts or "
+                               "meta-questions the lake does not have")
+    return rows.to_dicts()
+
+
+def train_iteration(lake: Lake, iteration: int, settings: TrainingSettings, tiny: TinySettings,
+                    init_from_previous: bool = True, resume: bool = False, merged: bool = False,
+                    prepare_only: bool = False) -> dict:
+    """Train iteration N's adapter on its pairs (see `train`)."""
+    from .training.core import ensure_reference, is_rank_zero, reference_identity, train_pairs
+    from .training.pairs import write_pairs
+
+    rows = _pair_rows(lake, iteration) if is_rank_zero() else []
+    model = dataclasses.replace(settings.model, path=tiny_models.resolve(settings.model.path, tiny))
+    if init_from_previous and iteration > 1 and not model.init_adapter:
+        previous = lake.adapter_dir(iteration - 1)
+        if not (previous / "adapter_config.json").exists():
+            raise ProxyRewardError(f"iteration {iteration} starts from iteration {iteration - 1}'s adapter, "
+                                   f"but {previous} has none; train iteration {iteration - 1} first")
+        model = dataclasses.replace(model, init_adapter=str(previous))
+    settings = dataclasses.replace(settings, model=model)
+    run_dir = lake.root / "runs" / f"iteration={iteration}" / "train"
+    pairs_file = run_dir / "pairs.parquet"
+    if not is_rank_zero():  # a DDP child re-running this command: train only, the lake is rank 0's
+        return train_pairs(pairs_file, run_dir, settings, resume=True, merged=merged)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with record_run(lake, iteration, "train", dataclasses.asdict(settings)) as metrics:
+        ident = reference_identity(model, settings.data)
+        for r in rows:  # stored log-probs count only when they came from this same reference
+            if any(r[k] != v for k, v in ident.items()):
+                r["ref_chosen_logp"] = r["ref_rejected_logp"] = None
+        write_pairs(rows, pairs_file)
+        reference = ensure_reference(pairs_file, settings)
+        if reference and reference["computed"]:
+            _store_reference(lake, iteration, pairs_file, reference)
+        computed = reference["computed"] if reference else None
+        if prepare_only:
+            metrics.update(pairs_file=str(pairs_file), reference_computed=computed)
+            print(f"pairs with reference log-probs: {pairs_file}")
+            return {"pairs_file": str(pairs_file)}
+        result = train_pairs(pairs_file, run_dir, settings, resume=resume, merged=merged)
+        _publish(run_dir / "adapter", lake.adapter_dir(iteration))
+        metrics.update(result, adapter=str(lake.adapter_dir(iteration)), reference_computed=computed)
+    print(f"iteration {iteration}: trained on {result['pairs']} pairs, {result['global_step']} steps, "
+          f"loss {result['metrics'].get('loss', float('nan')):.4f}; adapter -> {lake.adapter_dir(iteration)}")
+    return result
 
 
 def train(
@@ -67,9 +124,9 @@ def train(
     lora: LoraSettings = LoraSettings(),
     dpo: DPOSettings = DPOSettings(),
     optim: OptimSettings = OptimSettings(),
-    data: DataConfig = DataConfig(),
+    data: DataSettings = DataSettings(),
     trainer: TrainerSettings = TrainerSettings(),
-    tiny: tiny_models.TinyModelConfig = tiny_models.TinyModelConfig(),
+    tiny: TinySettings = TinySettings(),
     init_from_previous: bool = True,
     resume: bool = False,
     merged: bool = False,
@@ -94,56 +151,6 @@ def train(
             core yourself, e.g. with torchrun or srun across nodes).
         lake: lake root (default: PROXYREWARD_LAKE or the repository's datalake/).
     """
-    from .data import write_pairs
-    from .trainer import precompute_reference, reference_identity, train_pairs
-
-    lk = Lake(lake)
-    if _is_rank_zero():
-        expected = lk.sql("SELECT count(*) FROM pairs WHERE iteration = ?", [iteration]).item()
-        if not expected:
-            raise ProxyRewardError(f"no pairs for iteration {iteration}; run `proxyreward select --iteration "
-                                   f"{iteration}` first")
-        rows = lk.run_sql_file("train_pairs", {"iteration": iteration})
-        if rows.height != expected:
-            raise ProxyRewardError(f"pairs of iteration {iteration}: {expected - rows.height} name rollouts or "
-                                   "meta-questions the lake does not have")
-    model = resolve_model(model, tiny)
-    if init_from_previous and iteration > 1 and not model.init_adapter:
-        previous = lk.adapter_dir(iteration - 1)
-        if not (previous / "adapter_config.json").exists():
-            raise ProxyRewardError(f"iteration {iteration} starts from iteration {iteration - 1}'s adapter, "
-                                   f"but {previous} has none; train iteration {iteration - 1} first")
-        model = dataclasses.replace(model, init_adapter=str(previous))
-    run_dir = lk.root / "runs" / f"iteration={iteration}" / "train"
-    pairs_file = run_dir / "pairs.parquet"
-    settings = {"model": model, "lora": lora, "dpo": dpo, "optim": optim, "data": data, "trainer": trainer}
-    if not _is_rank_zero():  # a DDP child re-running this command: train only, the lake is rank 0's
-        return train_pairs(str(pairs_file), str(run_dir), **settings, resume=True, merged=merged)
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config = {k: dataclasses.asdict(v) for k, v in settings.items()}
-    with record_run(lk, iteration, "train", config) as metrics:
-        ident = None
-        if dpo.reference == "precomputed":
-            ident = reference_identity(model, data)
-            records = rows.to_dicts()
-            for r in records:  # stored log-probs count only when they came from this same reference
-                if any(r[k] != v for k, v in ident.items()):
-                    r["ref_chosen_logp"] = r["ref_rejected_logp"] = None
-            write_pairs(records, pairs_file)
-            ident = precompute_reference(pairs_file, model, lora, data)
-            if ident["computed"]:
-                _store_reference(lk, iteration, pairs_file, ident)
-        else:
-            write_pairs(rows.to_dicts(), pairs_file)
-        if prepare_only:
-            metrics.update(pairs_file=str(pairs_file), reference_computed=ident["computed"] if ident else None)
-            print(f"pairs with reference log-probs: {pairs_file}")
-            return {"pairs_file": str(pairs_file)}
-        result = train_pairs(str(pairs_file), str(run_dir), **settings, resume=resume, merged=merged)
-        _publish(run_dir / "adapter", lk.adapter_dir(iteration))
-        metrics.update(result, adapter=str(lk.adapter_dir(iteration)),
-                       reference_computed=ident["computed"] if ident else None)
-    print(f"iteration {iteration}: trained on {result['pairs']} pairs, {result['global_step']} steps, "
-          f"loss {result['metrics'].get('loss', float('nan')):.4f}; adapter -> {lk.adapter_dir(iteration)}")
-    return result
+    settings = TrainingSettings(model=model, lora=lora, dpo=dpo, optim=optim, data=data, trainer=trainer)
+    return train_iteration(Lake(lake), iteration, settings, tiny, init_from_previous=init_from_previous,
+                           resume=resume, merged=merged, prepare_only=prepare_only)

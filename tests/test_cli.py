@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from proxyreward_pl.__main__ import COMMANDS
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 
 def test_help_lists_every_command():
@@ -70,3 +72,55 @@ def test_analysis_dataset_balance(seeded_lake):
     assert frame.height == 16  # 8 domains x (train, eval)
     assert frame["questions"].sum() == 64 and frame["statements"].sum() == 1000
     assert frame["false_share"].min() >= 0.2 and frame["false_share"].max() <= 0.35
+
+
+def _lake_commands():
+    import inspect
+
+    from tests.test_configs import _commands
+
+    for path, fn, positional in _commands():
+        params = inspect.signature(fn).parameters
+        if "lake" in params:
+            required = [p for p in params if params[p].default is inspect.Parameter.empty]
+            args = [a for p in required for a in (["x"] if p in positional else [f"--{p}", "1"])]
+            yield pytest.param(list(path), args, id=" ".join(path))
+
+
+@pytest.mark.parametrize("path, required", list(_lake_commands()))
+@pytest.mark.parametrize("order", ["flag first", "config first"])
+def test_a_lake_flag_beats_a_config_file_in_any_order(path, required, order, tmp_path):
+    from proxyreward_pl.__main__ import parse
+
+    lake, config = ["--lake", str(tmp_path / "x")], ["--config", "configs/tiny.yaml"]
+    argv = path + required + (lake + config if order == "flag first" else config + lake)
+    _, args = parse(argv)
+    assert args["lake"] == str(tmp_path / "x")
+
+
+def test_flags_beat_configs_for_every_option_and_later_configs_beat_earlier(tmp_path):
+    from proxyreward_pl.__main__ import parse
+
+    other = tmp_path / "other.yaml"
+    other.write_text("sampling:\n  k: 3\njudge:\n  mode: generate\n")
+    _, args = parse(["rollout", "--iteration", "1", "--sampling.k", "5", "--config", "configs/tiny.yaml"])
+    assert args["sampling"].k == 5 and args["sampling"].max_new_tokens == 96  # the rest from the file
+    _, args = parse(["score", "--iteration", "1", "--config", "configs/tiny.yaml", "--config", str(other)])
+    assert args["judge"].mode == "generate" and args["judge"].model == "tiny"
+
+
+def test_the_command_uses_the_flag_lake_not_the_config_lake(seeded_lake):
+    proc = run_cli("sql", "select count(*) as n from meta_questions", "--format", "csv", "--lake",
+                   str(seeded_lake.root), "--config", "configs/tiny.yaml", check=True)
+    assert proc.stdout.split() == ["n", "64"]
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--selection.top_fraction", "1.5", "--selection.top_fraction: must be in (0, 1], got 1.5"),
+    ("--selection.top_k", "0", "--selection.top_k: must be >= 1, got 0"),
+])
+def test_a_bad_setting_names_its_option_and_leaves_the_lake_alone(seeded_lake, flag, value, message):
+    before = seeded_lake.status().to_dicts()
+    proc = run_cli("select", "--iteration", "1", flag, value, lake=seeded_lake.root)
+    assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert seeded_lake.status().to_dicts() == before

@@ -11,12 +11,12 @@ import polars as pl
 import pytest
 
 from proxyreward_pl.closedworld import world as cw
-from proxyreward_pl.closedworld.judge import PromptError, read_prompt
 from proxyreward_pl.dataset import read_jsonl, store
+from proxyreward_pl.engines.closedworld import PromptError, read_prompt
 from proxyreward_pl.iterate import health, reward_family
 from proxyreward_pl.score import score
-from proxyreward_pl.settings import JudgeSettings
-from tests.conftest import run_cli
+from proxyreward_pl.settings import JudgeSettings, TinySettings
+from tests.helpers import run_cli
 
 SMALL = cw.WorldConfig(seed=3, entities=10, descriptions=4, eval_fraction=0.2)
 
@@ -169,6 +169,7 @@ def test_an_unknown_variant_is_refused_before_any_work(tmp_path):
     assert not (tmp_path / "cw" / "lakes").exists()
 
 
+@pytest.mark.slow
 def test_benchmark_end_to_end_small(tmp_path):
     """The whole benchmark, tiny: world, pretraining, base lake, two variants of the production loop, report."""
     out = tmp_path / "cw"
@@ -206,8 +207,8 @@ def test_the_policy_cache_keys_on_corpus_content_not_its_path(tmp_path):
     moved = tmp_path / "b" / "corpus.jsonl"
     moved.parent.mkdir()
     moved.write_bytes(files["corpus"].read_bytes())
-    a, b = (tiny.config_hash(tiny.TinyModelConfig(corpus=str(p))) for p in (files["corpus"], moved))
+    a, b = (tiny.config_hash(TinySettings(corpus=str(p))) for p in (files["corpus"], moved))
     assert a == b
     moved.write_text(moved.read_text() + "{not json\n")
     with pytest.raises(ValueError, match=r"corpus\.jsonl:41: not JSON"):
-        tiny.config_hash(tiny.TinyModelConfig(corpus=str(moved)))
+        tiny.config_hash(TinySettings(corpus=str(moved)))

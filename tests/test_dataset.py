@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from proxyreward_pl.dataset import DatasetError, read_records, seed_records
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 
 # -- the seed set ----------------------------------------------------------------------------------

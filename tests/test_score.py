@@ -15,9 +15,8 @@ import pytest
 from proxyreward_pl.lake import Lake
 from proxyreward_pl.score import score
 from proxyreward_pl.settings import JudgeSettings
-from tests.conftest import REPO
-from tests.judge_server import JudgeServer
-from tests.lake_helpers import add_rollouts, truth
+from tests.helpers import REPO, add_rollouts, truth
+from tests.servers.judge import JudgeServer
 
 
 def judge(url: str, **kw) -> JudgeSettings:
@@ -85,7 +84,7 @@ def test_failures_after_retries_are_recorded_not_zero(seeded_lake):
     scores = seeded_lake.read("scores", 1)
     assert (scores["status"] == "failed").all() and scores["score"].is_null().all()
     assert scores["detail"].str.contains("gave up after 3 attempts").all()
-    run = seeded_lake.sql("SELECT status, metrics FROM runs WHERE stage = 'score:proxy'").row(0)
+    run = seeded_lake.sql("SELECT status, metrics FROM runs WHERE stage = 'score' AND reward = 'proxy'").row(0)
     assert run[0] == "finished" and json.loads(run[1])["scores"]["proxy_accuracy"]["failed"] == 4
 
 
@@ -171,7 +170,7 @@ def test_llm_judge_and_longreward(seeded_lake, mode):
 
 
 def test_score_without_rollouts_is_a_clear_error(seeded_lake):
-    from tests.conftest import run_cli
+    from tests.helpers import run_cli
 
     proc = run_cli("score", "--iteration", "5", lake=seeded_lake.root)
     assert proc.returncode == 1 and "no rollouts for iteration 5" in proc.stderr

@@ -6,7 +6,7 @@ import pytest
 
 from proxyreward_pl.select import select, select_pairs
 from proxyreward_pl.settings import SelectSettings
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 # question -> [(score, n_tokens, precision)] per sample index
 LITERAL = {

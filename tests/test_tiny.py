@@ -10,7 +10,8 @@ from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from proxyreward_pl import tiny
-from tests.conftest import run_cli
+from proxyreward_pl.settings import TinySettings
+from tests.helpers import run_cli
 
 TEXTS = ["The Calvin cycle takes place in the stroma.", "  Ünïcode ✓ and\ttabs\n\nnew lines 1945-1918",
          "<|im_start|>user\nhi<|im_end|>"]
@@ -42,7 +43,7 @@ def test_chat_template_and_generation(tiny_model_path):
 
 
 def test_build_is_deterministic_and_reload_keeps_logits(tmp_path):
-    cfg = tiny.TinyModelConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2,
+    cfg = TinySettings(vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2,
                                num_heads=2, num_kv_heads=1, warmup_steps=3, warmup_batch_size=2)
     a, b = tiny.build(tmp_path / "a", cfg), tiny.build(tmp_path / "b", cfg)
     assert (a / "tokenizer.json").read_text() == (b / "tokenizer.json").read_text()
@@ -52,7 +53,7 @@ def test_build_is_deterministic_and_reload_keeps_logits(tmp_path):
 
 
 def test_cached_builds_once(tmp_path):
-    cfg = tiny.TinyModelConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_layers=1,
+    cfg = TinySettings(vocab_size=300, hidden_size=32, intermediate_size=64, num_layers=1,
                                num_heads=1, num_kv_heads=1, warmup_steps=0)
     path = tiny.cached(cfg, cache_dir=tmp_path)
     stamp = (path / "model.safetensors").stat().st_mtime_ns

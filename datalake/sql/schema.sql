@@ -81,7 +81,8 @@ CREATE TABLE pairs (
 CREATE TABLE runs (
     iteration   BIGINT  NOT NULL,
     run_id      VARCHAR NOT NULL,
-    stage       VARCHAR NOT NULL,
+    stage       VARCHAR NOT NULL,        -- rollout, score, select, train, evaluate, generate, proxyqa
+    reward      VARCHAR,                 -- score runs: the reward scored (proxy, llm_judge, longreward, length)
     status      VARCHAR NOT NULL CHECK (status IN ('running', 'finished', 'failed')),
     started_at  TIMESTAMP NOT NULL,
     finished_at TIMESTAMP,

@@ -4,7 +4,7 @@ WITH iteration_pairs AS (
     SELECT * FROM pairs WHERE iteration = $iteration
 )
 SELECT
-    p.question_id            AS pair_id,
+    p.question_id,
     q.text                   AS prompt,
     c.response               AS chosen,
     r.response               AS rejected,

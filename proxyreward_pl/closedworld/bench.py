@@ -29,30 +29,31 @@ from .. import tiny as tiny_models
 from ..dataset import read_jsonl, store
 from ..engines import shared_engines
 from ..errors import ProxyRewardError
-from ..evaluate import evaluate as evaluate_stage
-from ..iterate import finished, health, iterate
+from ..iterate import health, plan, run_loop
 from ..lake import Lake
-from ..rollout import rollout as rollout_stage
-from ..score import score as score_stage
+from ..lake.runs import finished
 from ..settings import (
-    DataConfig,
+    DataSettings,
     DPOSettings,
     EngineSettings,
     EvalSettings,
     JudgeSettings,
+    LoopSettings,
     LoraSettings,
     ModelSettings,
     OptimSettings,
     RolloutSettings,
     SelectSettings,
+    TinySettings,
     TrainerSettings,
+    TrainingSettings,
 )
 from . import world as cw
 
 VARIANTS = ("proxy", "random_pairs", "length")
 
 
-def build(world: cw.WorldConfig = cw.WorldConfig(), tiny: tiny_models.TinyModelConfig = tiny_models.TinyModelConfig(),
+def build(world: cw.WorldConfig = cw.WorldConfig(), tiny: TinySettings = TinySettings(),
           workdir: str = "closedworld") -> dict:
     """Write the world's files and pretrain the tiny policy on its corpus (both cached).
 
@@ -87,7 +88,7 @@ def _variant_selection(selection: SelectSettings, variant: str, seed: int) -> Se
 
 def run(
     world: cw.WorldConfig = cw.WorldConfig(),
-    tiny: tiny_models.TinyModelConfig = tiny_models.TinyModelConfig(),
+    tiny: TinySettings = TinySettings(),
     policy: EngineSettings = EngineSettings(),
     sampling: RolloutSettings = RolloutSettings(),
     judge: JudgeSettings = JudgeSettings(engine="closedworld", model="closedworld", mode="generate"),
@@ -96,7 +97,7 @@ def run(
     lora: LoraSettings = LoraSettings(),
     dpo: DPOSettings = DPOSettings(),
     optim: OptimSettings = OptimSettings(),
-    data: DataConfig = DataConfig(),
+    data: DataSettings = DataSettings(),
     trainer: TrainerSettings = TrainerSettings(),
     evaluation: EvalSettings = EvalSettings(),
     iterations: int = 2,
@@ -137,37 +138,38 @@ def run(
         shutil.rmtree(lakes, ignore_errors=True)
     records = read_jsonl(Path(built["files"]["dataset"]))
     for seed in seeds:
-        seeded = {"policy": dataclasses.replace(policy, seed=seed),
-                  "sampling": dataclasses.replace(sampling, seed=seed),
-                  "data": dataclasses.replace(data, seed=seed), "trainer": dataclasses.replace(trainer, seed=seed)}
+        training = TrainingSettings(model=model, lora=lora, dpo=dpo, optim=optim,
+                                    data=dataclasses.replace(data, seed=seed),
+                                    trainer=dataclasses.replace(trainer, seed=seed))
+        seeded = LoopSettings(policy=dataclasses.replace(policy, seed=seed),
+                              sampling=dataclasses.replace(sampling, seed=seed), judge=judge, selection=selection,
+                              training=training, evaluation=evaluation, tiny=tiny)
         with shared_engines():  # one policy engine per seed, shared by the base lake and every variant
-            base = _base_lake(lakes / f"seed{seed}" / "base", records, judge, evaluation, tiny, **seeded)
+            base = _base_lake(lakes / f"seed{seed}" / "base", records, seeded)
             for v in variants:
                 dest = lakes / f"seed{seed}" / v
                 if not dest.exists():
                     _copy_lake(base, dest)
                 print(f"\n[closedworld] seed {seed}, {v} ({time.perf_counter() - t0:.0f} s)", flush=True)
-                iterate(iterations=iterations, judge=judge, selection=_variant_selection(selection, v, seed),
-                        model=model, lora=lora, dpo=dpo, optim=optim, evaluation=evaluation, tiny=tiny, report=False,
-                        lake=str(dest), **seeded)
+                variant = dataclasses.replace(seeded, selection=_variant_selection(selection, v, seed))
+                run_loop(Lake(str(dest)), variant, iterations, report=False)
     table = report(lakes, seeds, variants, iterations)
     print(f"\n[closedworld] finished in {time.perf_counter() - t0:.0f} s")
     return table
 
 
-def _base_lake(root: Path, records, judge, evaluation, tiny, *, policy, sampling, data, trainer) -> Path:
-    """Iteration 0's evaluation and iteration 1's rollouts and scores, shared by every variant of a seed."""
+def _base_lake(root: Path, records, settings: LoopSettings) -> Path:
+    """Iteration 0's evaluation and iteration 1's rollouts and its proxy and length scores, shared by every
+    variant of a seed (the loop's own steps, as `plan` makes them for a selection by length)."""
     lk = Lake(str(root))
     if not lk.files("meta_questions"):
         store(lk, records, "closedworld")
-    steps = [(0, "evaluate", lambda: evaluate_stage(0, policy, judge, evaluation, sampling, tiny, str(root))),
-             (1, "rollout", lambda: rollout_stage(1, policy, sampling, tiny, str(root))),
-             (1, "score:proxy", lambda: score_stage(1, "proxy", judge, tiny, str(root))),
-             (1, "score:length", lambda: score_stage(1, "length", judge, tiny, str(root)))]
-    for n, stage, step in steps:
-        if not finished(lk, n, stage):
-            print(f"[closedworld] {root.parent.name} base: iteration {n} {stage}", flush=True)
-            step()
+    by_length = dataclasses.replace(settings, selection=dataclasses.replace(settings.selection, reward="length"))
+    for step in plan(by_length, 1):
+        if step.stage in ("evaluate", "rollout", "score") and (step.stage, step.iteration) != ("evaluate", 1):
+            if not finished(lk, step.iteration, step.stage, step.reward):
+                print(f"[closedworld] {root.parent.name} base: {step}", flush=True)
+                step.run(lk)
     return root
 
 

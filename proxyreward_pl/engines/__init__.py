@@ -1,141 +1,20 @@
-"""How text is generated or judged: one interface over Hugging Face, vLLM and OpenAI-compatible servers.
+"""How text is generated or judged: one interface (`base`) over Hugging Face (`hf`), vLLM (`vllm_local`),
+OpenAI-compatible servers (`openai_http`) and the closed world's exact rule judge (`closedworld`).
 
-An engine takes `Request`s (chat messages plus sampling settings, or a set of `choices` whose
-continuation log-probabilities are wanted) and reports a `Result` for each through a callback, as soon as
-it has it. Every successful result is stored in a persistent cache keyed by the engine's identity and the
-exact request, before the caller sees it: a re-run, or a run after a crash, pays for nothing twice.
-Engines know nothing of the lake.
+`make_engine` builds the engine a settings object names; within `shared_engines()` engines with the same
+settings are built once and shared between stages. Engines know nothing of the lake.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
-import math
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Iterator
+from dataclasses import fields
 from pathlib import Path
-from typing import Any
 
 from ..settings import EngineSettings
+from .base import Engine, Request, Result
 from .cache import EngineCache
-
-
-@dataclass
-class Request:
-    messages: list[dict[str, str]]
-    max_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 1.0
-    n: int = 1
-    seed: int | None = None
-    json_schema: dict | None = None
-    regex: str | None = None
-    choices: tuple[str, ...] | None = None
-    """Score these continuations of the prompt (log-probability) instead of generating."""
-    adapter: str | None = None
-    """A LoRA adapter (folder for hf/vllm, served name for openai) to generate with."""
-    adapter_version: str | None = None
-    """What the adapter is (a hash of its weights): part of the cache key, so a retrained adapter at the
-    same path or name is never answered from an older one's cache."""
-    tag: Any = field(default=None, compare=False)
-    """The caller's bookkeeping; not part of the request."""
-
-    def key(self, identity: str) -> str:
-        body = {k: v for k, v in asdict(self).items() if k != "tag"}
-        return hashlib.sha256(json.dumps([identity, body], sort_keys=True).encode()).hexdigest()
-
-
-@dataclass
-class Result:
-    request: Request
-    texts: list[str] = field(default_factory=list)
-    finish_reasons: list[str] = field(default_factory=list)
-    completion_tokens: list[int] = field(default_factory=list)
-    prompt_tokens: int = 0
-    choice_logprobs: dict[str, float] | None = None
-    error: str | None = None
-    cached: bool = False
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    def payload(self) -> dict:
-        return {"texts": self.texts, "finish_reasons": self.finish_reasons,
-                "completion_tokens": self.completion_tokens, "prompt_tokens": self.prompt_tokens,
-                "choice_logprobs": {k: (v if math.isfinite(v) else None) for k, v in self.choice_logprobs.items()}
-                if self.choice_logprobs is not None else None}
-
-    @classmethod
-    def from_payload(cls, request: Request, data: dict) -> Result:
-        lp = data.get("choice_logprobs")
-        return cls(request, data["texts"], data["finish_reasons"], data["completion_tokens"], data["prompt_tokens"],
-                   {k: (v if v is not None else -math.inf) for k, v in lp.items()} if lp is not None else None,
-                   cached=True)
-
-
-class Engine:
-    """Base: cache handling around `_run`, which engines implement."""
-
-    kind = "engine"
-
-    def __init__(self, settings: EngineSettings, cache: EngineCache | None = None):
-        self.settings = settings
-        self.cache = cache
-        self.cache_path = cache.path if cache is not None else None
-        self.sent = 0  # requests that reached the model (not served from the cache)
-        self.shared = False  # held by `shared_engines()`: close() leaves it open for the next stage
-
-    @property
-    def identity(self) -> str:
-        return f"{self.kind}:{self.settings.model}"
-
-    def run(self, requests: Sequence[Request], on_result: Callable[[Result], bool | None]) -> None:
-        """Report a Result for every request (in completion order), from the cache when it has one.
-
-        A result is cached after `on_result` sees it, unless it failed or `on_result` returned False (an
-        answer the caller could not use, such as a malformed one, is asked again next time)."""
-        pending = []
-        for req in requests:
-            hit = self.cache.get(req.key(self.identity)) if self.cache else None
-            if hit is not None:
-                on_result(Result.from_payload(req, hit))
-            else:
-                pending.append(req)
-        if not pending:
-            return
-
-        def store(result: Result) -> None:
-            accepted = on_result(result)
-            if result.ok and accepted is not False and self.cache is not None:
-                self.cache.put(result.request.key(self.identity), result.payload())
-
-        self.sent += len(pending)
-        self._run(pending, store)
-
-    def _run(self, requests: list[Request], on_result: Callable[[Result], None]) -> None:
-        raise NotImplementedError
-
-    def use_cache(self, path: Path | None) -> None:
-        """Store results in the cache at `path` from now on (a shared engine moving on to another lake)."""
-        if path is not None and self.cache_path is not None and Path(path) == self.cache_path:
-            return
-        if self.cache is not None:
-            self.cache.close()
-        self.cache = EngineCache(path) if path else None
-        self.cache_path = Path(path) if path else None
-
-    def close(self) -> None:
-        if not self.shared:
-            self.release()
-
-    def release(self) -> None:
-        """Free the model (and the cache connection)."""
-        if self.cache is not None:
-            self.cache.close()
-
 
 _SHARED: dict[tuple, Engine] | None = None
 
@@ -174,7 +53,7 @@ def make_engine(settings: EngineSettings, cache_path: Path | None = None) -> Eng
 def _new_engine(settings: EngineSettings, cache_path: Path | None) -> Engine:
     cache = EngineCache(cache_path) if cache_path else None
     if settings.engine == "closedworld":
-        from ..closedworld.judge import WorldJudge
+        from .closedworld import WorldJudge
 
         return WorldJudge(settings, cache)
     if settings.engine == "openai":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from . import Engine, Request, Result
+from .base import Engine, Request, Result
 
 
 class HFEngine(Engine):

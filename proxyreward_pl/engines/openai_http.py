@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import openai
 
-from . import Engine, Request, Result
+from .base import Engine, Request, Result
 
 RETRYABLE = (openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError)
 
@@ -51,7 +51,6 @@ class OpenAIEngine(Engine):
     def __init__(self, settings, cache=None):
         super().__init__(settings, cache)
         self.rng = random.Random(settings.seed)
-        self.retries = 0
 
     def _client(self) -> openai.AsyncOpenAI:
         key = os.environ.get(self.settings.api_key_env) or "EMPTY"  # local servers take any key
@@ -124,7 +123,6 @@ class OpenAIEngine(Engine):
                 wait = None
             if attempt == s.max_retries:
                 break
-            self.retries += 1
             backoff = min(s.retry_max, s.retry_initial * 2**attempt) * (0.5 + self.rng.random())
             await asyncio.sleep(wait if wait is not None else backoff)
         on_result(Result(req, error=f"gave up after {s.max_retries + 1} attempts: {last}"))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from . import Engine, Request, Result
+from .base import Engine, Request, Result
 
 
 class VLLMEngine(Engine):

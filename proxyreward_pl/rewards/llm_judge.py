@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import ParseError, is_json, json_answer
+from .parsing import ParseError, is_json, json_answer
 
 _SCORE = re.compile(r"score\s*[:=]\s*\**\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
 _RATIONALE = re.compile(r"rationale\s*[:=]\s*(.*)", re.IGNORECASE)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import ParseError, is_json, json_answer
+from .parsing import ParseError, is_json, json_answer
 
 DIMENSIONS = ("helpfulness", "logicality", "faithfulness", "completeness")
 SUPPORT = {"supported": 1.0, "partly": 0.5, "unsupported": 0.0}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from .errors import ParseError, is_json, json_answer
+from .parsing import ParseError, is_json, json_answer
 
 VERDICTS = {"true": True, "false": False, "unknown": None}
 _LINE = re.compile(r"^\s*(\d+)\s*[:.)-]\s*\**\s*(true|false|unknown)\b", re.IGNORECASE | re.MULTILINE)

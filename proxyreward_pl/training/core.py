@@ -1,6 +1,6 @@
 """The training core: DPO with LoRA on a pairs file, with no lake and no duckdb.
 
-    python -m proxyreward_pl.trainer pairs.parquet runs/x --model.path MODEL [--trainer.strategy ddp ...]
+    python -m proxyreward_pl.training pairs.parquet runs/x --model.path MODEL [--trainer.strategy ddp ...]
 
 runs on any machine with torch, transformers, peft, lightning and pyarrow. `proxyreward train` wraps it
 with the lake (pairs of an iteration in, reference log-probs and a `runs` row back).
@@ -17,12 +17,25 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from .data import PairsDataModule, read_pairs, tokenization_id, write_pairs
-from .dpo_module import DPOModule, load_policy, policy_logps, reference_logps
-from .settings import DataConfig, DPOSettings, LoraSettings, ModelSettings, OptimSettings, TrainerSettings
+from ..settings import (
+    DataSettings,
+    DPOSettings,
+    LoraSettings,
+    ModelSettings,
+    OptimSettings,
+    TrainerSettings,
+    TrainingSettings,
+)
+from .module import DPOModule, load_policy, policy_logps, reference_logps
+from .pairs import PairsDataModule, read_pairs, tokenization_id, write_pairs
 
 
-def _strategy(name: str, accelerator: str):
+def is_rank_zero() -> bool:
+    """This process is the launching rank (not a child a distributed launcher started)."""
+    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
+def _strategy(name: str):
     if name != "fsdp":
         return name
     from lightning.pytorch.strategies import FSDPStrategy
@@ -54,12 +67,10 @@ def _loggers(names: tuple[str, ...], out: Path) -> list:
             made.append(pl_loggers.WandbLogger(save_dir=str(out)))
         elif name == "mlflow":
             made.append(pl_loggers.MLFlowLogger(save_dir=str(out)))
-        else:
-            raise ValueError(f"unknown logger {name!r}")
     return made
 
 
-def reference_identity(model: ModelSettings, data: DataConfig) -> dict[str, str]:
+def reference_identity(model: ModelSettings, data: DataSettings) -> dict[str, str]:
     """What reference log-probs depend on: base weights, adapter, tokenisation."""
     from transformers import AutoTokenizer
 
@@ -68,11 +79,13 @@ def reference_identity(model: ModelSettings, data: DataConfig) -> dict[str, str]
             "ref_tokenization": tokenization_id(tokenizer, data)}
 
 
-def precompute_reference(pairs_path: str | Path, model: ModelSettings, lora: LoraSettings, data: DataConfig,
-                         device: str | None = None) -> dict:
-    """Fill `ref_chosen_logp`/`ref_rejected_logp` of a pairs file from the policy before training (base +
-    `init_adapter`); rows that already have them are left alone. Returns how many were computed and the
-    reference's identity."""
+def ensure_reference(pairs_path: str | Path, settings: TrainingSettings, device: str | None = None) -> dict | None:
+    """With `dpo.reference: precomputed`, fill `ref_chosen_logp`/`ref_rejected_logp` of a pairs file from the
+    policy before training (base + `init_adapter`); rows that already have them are left alone. Returns how
+    many were computed and the reference's identity (None for a reference computed on the fly)."""
+    if not settings.dpo.precomputed:
+        return None
+    model, data = settings.model, settings.data
     rows = read_pairs(pairs_path)
     missing = [i for i, r in enumerate(rows) if r.get("ref_chosen_logp") is None or r.get("ref_rejected_logp") is None]
     ident = reference_identity(model, data)
@@ -81,7 +94,7 @@ def precompute_reference(pairs_path: str | Path, model: ModelSettings, lora: Lor
     dm = PairsDataModule(pairs_path, model.path, data)
     dm.setup()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    policy = load_policy(model, lora, device=device, trainable=False).to(device)
+    policy = load_policy(model, settings.lora, device=device, trainable=False).to(device)
     loader = dm.loader([dm.train[i] for i in missing], max(1, data.eval_batch_size or data.batch_size * 4),
                        train=False)
     refs = reference_logps(policy, loader, model.head_chunk_size)
@@ -92,7 +105,7 @@ def precompute_reference(pairs_path: str | Path, model: ModelSettings, lora: Lor
 
 
 @torch.no_grad()
-def likelihood_trend(module: DPOModule, dm: PairsDataModule, dpo: DPOSettings, batch_size: int) -> dict[str, float]:
+def likelihood_trend(module: DPOModule, dm: PairsDataModule, batch_size: int) -> dict[str, float]:
     """How training moved the log-probability of the pairs' answers, per answer token, against the reference:
     a falling chosen likelihood is the usual first sign of a degenerating DPO run (answers that win the
     margin by losing probability everywhere)."""
@@ -104,11 +117,7 @@ def likelihood_trend(module: DPOModule, dm: PairsDataModule, dpo: DPOSettings, b
         batch = {k: v.to(module.device) for k, v in batch.items()}
         n = batch["index"].shape[0]
         logps = policy_logps(model, batch, module.model_settings.head_chunk_size).double()
-        if dpo.reference == "precomputed":
-            ref = torch.cat([batch["ref_chosen_logps"], batch["ref_rejected_logps"]]).double()
-        else:
-            with model.disable_adapter():
-                ref = policy_logps(model, batch, module.model_settings.head_chunk_size).double()
+        ref = torch.cat([r.double() for r in module.reference(batch)])
         per_token = (logps - ref) / batch["completion_mask"].sum(-1).clamp(min=1)
         sums["chosen"] += per_token[:n].sum().item()
         sums["rejected"] += per_token[n:].sum().item()
@@ -116,19 +125,19 @@ def likelihood_trend(module: DPOModule, dm: PairsDataModule, dpo: DPOSettings, b
     return {f"{k}_logp_change_per_token": v / max(len(dm.train), 1) for k, v in sums.items()}
 
 
-def prepare_run(pairs: str | Path, out_dir: Path, model: ModelSettings, lora: LoraSettings, dpo: DPOSettings,
-                optim: OptimSettings, data: DataConfig, trainer: TrainerSettings,
+def prepare_run(pairs: str | Path, out_dir: Path, settings: TrainingSettings,
                 val_pairs: str | Path | None = None) -> tuple[DPOModule, PairsDataModule, L.Trainer]:
     """The module, data and Lightning trainer of a run, not yet fitted."""
+    data, trainer = settings.data, settings.trainer
     on_gpu = torch.cuda.is_available() and trainer.accelerator in ("auto", "gpu", "cuda")
     precision = trainer.precision if trainer.precision != "auto" else ("bf16-mixed" if on_gpu else "32-true")
-    dm = PairsDataModule(pairs, model.path, data, val_path=val_pairs)
+    dm = PairsDataModule(pairs, settings.model.path, data, val_path=val_pairs)
     dm.setup()
     world = (trainer.devices if isinstance(trainer.devices, int) else 1) * trainer.num_nodes
     batches = math.ceil(math.ceil(len(dm.train) / data.batch_size) / max(world, 1))
     steps_per_epoch = math.ceil(batches / trainer.accumulate_grad_batches)
     total = steps_per_epoch * trainer.epochs if trainer.max_steps < 0 else trainer.max_steps
-    module = DPOModule(model, lora, dpo, optim, total_steps=total)
+    module = DPOModule(settings, total_steps=total)
 
     from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -137,7 +146,7 @@ def prepare_run(pairs: str | Path, out_dir: Path, model: ModelSettings, lora: Lo
                                  save_last=True, save_top_k=0)
     pl_trainer = L.Trainer(
         max_epochs=trainer.epochs, max_steps=trainer.max_steps, accelerator=trainer.accelerator,
-        devices=trainer.devices, num_nodes=trainer.num_nodes, strategy=_strategy(trainer.strategy, trainer.accelerator),
+        devices=trainer.devices, num_nodes=trainer.num_nodes, strategy=_strategy(trainer.strategy),
         precision=precision, accumulate_grad_batches=trainer.accumulate_grad_batches,
         gradient_clip_val=trainer.gradient_clip_val, log_every_n_steps=trainer.log_every_n_steps,
         logger=_loggers(trainer.loggers, out_dir) or False, callbacks=[checkpoint],
@@ -147,14 +156,46 @@ def prepare_run(pairs: str | Path, out_dir: Path, model: ModelSettings, lora: Lo
     return module, dm, pl_trainer
 
 
-def train_pairs(
+def train_pairs(pairs: str | Path, out: str | Path, settings: TrainingSettings, val_pairs: str | Path | None = None,
+                resume: bool = False, merged: bool = False) -> dict:
+    """Train a LoRA adapter with DPO on a pairs file; the adapter lands in OUT/adapter (PEFT format), the
+    result in OUT/metrics.json."""
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if is_rank_zero():
+        ensure_reference(pairs, settings)
+        if val_pairs:
+            ensure_reference(val_pairs, settings)
+    L.seed_everything(settings.trainer.seed, workers=True, verbose=False)  # after the reference pass: same LoRA init
+
+    module, dm, pl_trainer = prepare_run(pairs, out_dir, settings, val_pairs)
+    last = out_dir / "checkpoints" / "last.ckpt"
+    pl_trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume and last.exists() else None)
+
+    data = settings.data
+    result = {"global_step": pl_trainer.global_step, "epochs": pl_trainer.current_epoch,
+              "pairs": len(dm.train), "truncated_pairs": dm.truncated, "precision": str(pl_trainer.precision),
+              "metrics": {k: float(v) for k, v in pl_trainer.callback_metrics.items()}}
+    if pl_trainer.world_size == 1:  # sharded or replicated runs skip it: one rank alone cannot run the model
+        result["trend"] = likelihood_trend(module, dm, max(1, data.eval_batch_size or data.batch_size * 4))
+    if pl_trainer.global_rank == 0:
+        module.save_adapter(out_dir / "adapter", merged=out_dir / "merged" if merged else None)
+        if merged:
+            dm.tokenizer.save_pretrained(out_dir / "merged")
+        result["adapter"] = str(out_dir / "adapter")
+        (out_dir / "metrics.json").write_text(json.dumps({**result, "settings": asdict(settings)}, indent=2,
+                                                         default=str))
+    return result
+
+
+def cli(
     pairs: str,
     out: str,
     model: ModelSettings,
     lora: LoraSettings = LoraSettings(),
     dpo: DPOSettings = DPOSettings(),
     optim: OptimSettings = OptimSettings(),
-    data: DataConfig = DataConfig(),
+    data: DataSettings = DataSettings(),
     trainer: TrainerSettings = TrainerSettings(),
     val_pairs: str | None = None,
     resume: bool = False,
@@ -175,32 +216,8 @@ def train_pairs(
         resume: continue from OUT/checkpoints/last.ckpt if it exists.
         merged: also save the merged full model in OUT/merged.
     """
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if dpo.reference == "precomputed" and int(os.environ.get("LOCAL_RANK", 0)) == 0 and "RANK" not in os.environ:
-        precompute_reference(pairs, model, lora, data)
-        if val_pairs:
-            precompute_reference(val_pairs, model, lora, data)
-    L.seed_everything(trainer.seed, workers=True, verbose=False)  # after the reference pass: same LoRA init
-
-    module, dm, pl_trainer = prepare_run(pairs, out_dir, model, lora, dpo, optim, data, trainer, val_pairs)
-    last = out_dir / "checkpoints" / "last.ckpt"
-    pl_trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume and last.exists() else None)
-
-    result = {"global_step": pl_trainer.global_step, "epochs": pl_trainer.current_epoch,
-              "pairs": len(dm.train), "truncated_pairs": dm.truncated, "precision": str(pl_trainer.precision),
-              "metrics": {k: float(v) for k, v in pl_trainer.callback_metrics.items()}}
-    if pl_trainer.world_size == 1:  # sharded or replicated runs skip it: one rank alone cannot run the model
-        result["trend"] = likelihood_trend(module, dm, dpo, max(1, data.eval_batch_size or data.batch_size * 4))
-    if pl_trainer.global_rank == 0:
-        module.save_adapter(out_dir / "adapter", merged=out_dir / "merged" if merged else None)
-        if merged:
-            dm.tokenizer.save_pretrained(out_dir / "merged")
-        result["adapter"] = str(out_dir / "adapter")
-        (out_dir / "metrics.json").write_text(json.dumps({**result, "settings": {
-            "model": asdict(model), "lora": asdict(lora), "dpo": asdict(dpo), "optim": asdict(optim),
-            "data": asdict(data), "trainer": asdict(trainer)}}, indent=2, default=str))
-    return result
+    settings = TrainingSettings(model=model, lora=lora, dpo=dpo, optim=optim, data=data, trainer=trainer)
+    return train_pairs(pairs, out, settings, val_pairs=val_pairs, resume=resume, merged=merged)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -208,10 +225,6 @@ def main(argv: list[str] | None = None) -> None:
 
     from jsonargparse import auto_cli
 
-    from .cliconfig import rewrite_config
+    from ..cliconfig import rewrite_config
 
-    auto_cli(train_pairs, args=rewrite_config(list(sys.argv[1:] if argv is None else argv), train_pairs))
-
-
-if __name__ == "__main__":
-    main()
+    auto_cli(cli, args=rewrite_config(list(sys.argv[1:] if argv is None else argv), cli))

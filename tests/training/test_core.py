@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -14,11 +15,11 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from proxyreward_pl.data import DataConfig, PairsDataModule, read_pairs
-from proxyreward_pl.dpo_module import DPOSettings, LoraSettings, ModelSettings, OptimSettings, load_policy
-from proxyreward_pl.trainer import TrainerSettings, precompute_reference, prepare_run, train_pairs
-from tests.conftest import REPO
-from tests.dpo_helpers import small_settings, write_case_pairs
+from proxyreward_pl.settings import DataSettings, DPOSettings, LoraSettings, ModelSettings, OptimSettings
+from proxyreward_pl.training.core import ensure_reference, prepare_run, train_pairs
+from proxyreward_pl.training.module import load_policy, policy_logps
+from proxyreward_pl.training.pairs import PairsDataModule, read_pairs
+from tests.helpers import REPO, small_settings, write_case_pairs
 
 
 def lora_state(model) -> dict[str, torch.Tensor]:
@@ -27,10 +28,9 @@ def lora_state(model) -> dict[str, torch.Tensor]:
 
 def test_only_lora_parameters_move_and_first_loss_is_ln2(tiny_model_path, tmp_path):
     pairs = write_case_pairs(tmp_path / "p.parquet", 24)
-    s = small_settings(tiny_model_path, max_steps=3)
-    precompute_reference(pairs, s["model"], s["lora"], s["data"])
-    module, dm, trainer = prepare_run(pairs, tmp_path / "run", s["model"], s["lora"], DPOSettings(),
-                                      OptimSettings(lr=1e-3, warmup_ratio=0), s["data"], s["trainer"])
+    s = dataclasses.replace(small_settings(tiny_model_path, max_steps=3), optim=OptimSettings(lr=1e-3, warmup_ratio=0))
+    ensure_reference(pairs, s)
+    module, dm, trainer = prepare_run(pairs, tmp_path / "run", s)
     module.configure_model()
     before = {k: v.detach().clone() for k, v in module.model.named_parameters()}
     # policy == reference at the start (LoRA B is zero): the DPO loss is exactly ln 2
@@ -50,9 +50,9 @@ def test_only_lora_parameters_move_and_first_loss_is_ln2(tiny_model_path, tmp_pa
 def test_learnable_preferences_reach_held_out_accuracy(tiny_model_path, tmp_path):
     train = write_case_pairs(tmp_path / "train.parquet", 96)
     val = write_case_pairs(tmp_path / "val.parquet", 32, offset=500)
-    s = small_settings(tiny_model_path, epochs=2)
-    res = train_pairs(str(train), str(tmp_path / "run"), s["model"], s["lora"], DPOSettings(beta=0.1),
-                      OptimSettings(lr=2e-3, warmup_ratio=0.1), s["data"], s["trainer"], val_pairs=str(val))
+    s = dataclasses.replace(small_settings(tiny_model_path, epochs=2), dpo=DPOSettings(beta=0.1),
+                            optim=OptimSettings(lr=2e-3, warmup_ratio=0.1))
+    res = train_pairs(train, tmp_path / "run", s, val_pairs=val)
     log = (tmp_path / "run" / "logs" / "metrics.csv").read_text().splitlines()
     header = log[0].split(",")
     losses = [float(r.split(",")[header.index("loss")]) for r in log[1:] if r.split(",")[header.index("loss")]]
@@ -67,16 +67,15 @@ def test_learnable_preferences_reach_held_out_accuracy(tiny_model_path, tmp_path
 
 def test_persisted_reference_equals_on_the_fly_and_is_not_recomputed(tiny_model_path, tmp_path):
     pairs = write_case_pairs(tmp_path / "p.parquet", 10)
-    model, lora, data = ModelSettings(path=str(tiny_model_path)), LoraSettings(r=4), DataConfig(max_length=128)
-    first = precompute_reference(pairs, model, lora, data)
+    model, lora = ModelSettings(path=str(tiny_model_path)), LoraSettings(r=4)
+    s = dataclasses.replace(small_settings(tiny_model_path), lora=lora, data=DataSettings(max_length=128))
+    first = ensure_reference(pairs, s)
     assert first["computed"] == 10 and first["ref_tokenization"]
     stored = read_pairs(pairs)
     # on the fly: the same model with its adapter disabled, one pair at a time
-    dm = PairsDataModule(pairs, tiny_model_path, DataConfig(max_length=128, batch_size=1))
+    dm = PairsDataModule(pairs, tiny_model_path, DataSettings(max_length=128, batch_size=1))
     dm.setup()
     policy = load_policy(model, lora)
-    from proxyreward_pl.dpo_module import policy_logps
-
     with torch.no_grad(), policy.disable_adapter():
         for batch in dm.loader(dm.train, 1, train=False):
             c, r = policy_logps(policy, batch)
@@ -85,17 +84,17 @@ def test_persisted_reference_equals_on_the_fly_and_is_not_recomputed(tiny_model_
             assert c.item() == pytest.approx(stored[i]["ref_chosen_logp"], rel=1e-5)
             assert r.item() == pytest.approx(stored[i]["ref_rejected_logp"], rel=1e-5)
     mtime = pairs.stat().st_mtime_ns
-    again = precompute_reference(pairs, model, lora, data)
+    again = ensure_reference(pairs, s)
     assert again["computed"] == 0 and pairs.stat().st_mtime_ns == mtime
+    assert ensure_reference(pairs, dataclasses.replace(s, dpo=DPOSettings(reference="adapter_disabled"))) is None
 
 
 def test_on_the_fly_reference_trains_like_persisted(tiny_model_path, tmp_path):
     pairs = write_case_pairs(tmp_path / "p.parquet", 16)
-    s = small_settings(tiny_model_path, max_steps=3)
+    s = dataclasses.replace(small_settings(tiny_model_path, max_steps=3), optim=OptimSettings(lr=1e-3, warmup_ratio=0))
     got = {}
     for ref in ("precomputed", "adapter_disabled"):
-        train_pairs(str(pairs), str(tmp_path / ref), s["model"], s["lora"], DPOSettings(reference=ref),
-                    OptimSettings(lr=1e-3, warmup_ratio=0), s["data"], s["trainer"])
+        train_pairs(pairs, tmp_path / ref, dataclasses.replace(s, dpo=DPOSettings(reference=ref)))
         got[ref] = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_path),
                                              tmp_path / ref / "adapter")
     a, b = lora_state(got["precomputed"]), lora_state(got["adapter_disabled"])
@@ -114,14 +113,14 @@ class _Crash(L.Callback):
 
 def test_resume_mid_epoch_matches_uninterrupted(tiny_model_path, tmp_path):
     pairs = write_case_pairs(tmp_path / "p.parquet", 40)
-    s = small_settings(tiny_model_path, epochs=2, accumulate_grad_batches=2, checkpoint_every_n_steps=1)
-    lora = LoraSettings(r=4, alpha=8, dropout=0.1)  # dropout: the RNG state must be restored too
-    opt = OptimSettings(lr=1e-3, warmup_ratio=0.2, schedule="cosine")
-    args = (s["model"], lora, DPOSettings(), opt, s["data"], s["trainer"])
-    train_pairs(str(pairs), str(tmp_path / "full"), *args)
+    s = dataclasses.replace(
+        small_settings(tiny_model_path, epochs=2, accumulate_grad_batches=2, checkpoint_every_n_steps=1),
+        lora=LoraSettings(r=4, alpha=8, dropout=0.1),  # dropout: the RNG state must be restored too
+        optim=OptimSettings(lr=1e-3, warmup_ratio=0.2, schedule="cosine"))
+    train_pairs(pairs, tmp_path / "full", s)
 
-    precompute_reference(pairs, s["model"], lora, s["data"])
-    module, dm, trainer = prepare_run(pairs, tmp_path / "cut", *args)
+    ensure_reference(pairs, s)
+    module, dm, trainer = prepare_run(pairs, tmp_path / "cut", s)
     trainer.callbacks.append(_Crash(at_step=4))  # 10 batches/epoch, 5 steps/epoch: mid first epoch...
     L.seed_everything(0, workers=True, verbose=False)
     with pytest.raises(RuntimeError, match="simulated crash"):
@@ -130,7 +129,7 @@ def test_resume_mid_epoch_matches_uninterrupted(tiny_model_path, tmp_path):
     ckpt = torch.load(tmp_path / "cut" / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 4 and all("lora_" in k for k in ckpt["state_dict"])
     assert ckpt["optimizer_states"]
-    res = train_pairs(str(pairs), str(tmp_path / "cut"), *args, resume=True)
+    res = train_pairs(pairs, tmp_path / "cut", s, resume=True)
     assert res["global_step"] == 10
     full = lora_state(PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_path),
                                                 tmp_path / "full" / "adapter"))
@@ -143,31 +142,30 @@ def test_resume_mid_epoch_matches_uninterrupted(tiny_model_path, tmp_path):
 _DDP_SCRIPT = textwrap.dedent("""
     import json, sys, torch
     from pathlib import Path
-    from proxyreward_pl.dpo_module import DPOSettings, LoraSettings, ModelSettings, OptimSettings
-    from proxyreward_pl.data import DataConfig
-    from proxyreward_pl.trainer import TrainerSettings, prepare_run
+    from proxyreward_pl.settings import (DataSettings, LoraSettings, ModelSettings, OptimSettings,
+                                         TrainerSettings, TrainingSettings)
+    from proxyreward_pl.training.core import prepare_run
     import lightning as L
 
     pairs, out, model = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
     devices, accumulate = int(sys.argv[4]), int(sys.argv[5])
     L.seed_everything(0, verbose=False)
-    module, dm, trainer = prepare_run(
-        pairs, out, ModelSettings(path=model), LoraSettings(r=4, alpha=8), DPOSettings(),
-        OptimSettings(lr=1e-3, warmup_ratio=0), DataConfig(max_length=128, batch_size=2, group_by_length=True),
-        TrainerSettings(epochs=1, max_steps=4, accumulate_grad_batches=accumulate, accelerator="cpu",
-                        devices=devices, strategy="ddp" if devices > 1 else "auto", loggers=(),
-                        progress_bar=False, checkpoint_every_n_steps=1000))
+    module, dm, trainer = prepare_run(pairs, out, TrainingSettings(
+        model=ModelSettings(path=model), lora=LoraSettings(r=4, alpha=8), optim=OptimSettings(lr=1e-3, warmup_ratio=0),
+        data=DataSettings(max_length=128, batch_size=2, group_by_length=True),
+        trainer=TrainerSettings(epochs=1, max_steps=4, accumulate_grad_batches=accumulate, accelerator="cpu",
+                                devices=devices, strategy="ddp" if devices > 1 else "auto", loggers=(),
+                                progress_bar=False, checkpoint_every_n_steps=1000)))
     trainer.fit(module, datamodule=dm)
     state = {k: v.tolist() for k, v in module.model.named_parameters() if "lora_" in k}
     (out / f"lora-rank{trainer.global_rank}.json").write_text(json.dumps(state))
 """)
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes_match_one_process(tiny_model_path, tmp_path):
     pairs = write_case_pairs(tmp_path / "p.parquet", 32)
-    from proxyreward_pl.trainer import precompute_reference as pre
-
-    pre(pairs, ModelSettings(path=str(tiny_model_path)), LoraSettings(r=4, alpha=8), DataConfig(max_length=128))
+    ensure_reference(pairs, dataclasses.replace(small_settings(tiny_model_path), data=DataSettings(max_length=128)))
     script = tmp_path / "ddp_run.py"
     script.write_text(_DDP_SCRIPT)
     for name, devices, accumulate in (("ddp", 2, 1), ("single", 1, 2)):
@@ -183,9 +181,8 @@ def test_ddp_two_cpu_processes_match_one_process(tiny_model_path, tmp_path):
 
 def test_adapter_loads_in_peft_and_merged_export(tiny_model_path, tmp_path):
     pairs = write_case_pairs(tmp_path / "p.parquet", 8)
-    s = small_settings(tiny_model_path, max_steps=2)
-    train_pairs(str(pairs), str(tmp_path / "run"), s["model"], s["lora"], DPOSettings(),
-                OptimSettings(lr=1e-2, warmup_ratio=0), s["data"], s["trainer"], merged=True)
+    s = dataclasses.replace(small_settings(tiny_model_path, max_steps=2), optim=OptimSettings(lr=1e-2, warmup_ratio=0))
+    train_pairs(pairs, tmp_path / "run", s, merged=True)
     adapter = tmp_path / "run" / "adapter"
     cfg = json.loads((adapter / "adapter_config.json").read_text())
     assert cfg["r"] == 4 and set(cfg["target_modules"]) == set(LoraSettings().target_modules)
@@ -201,13 +198,12 @@ def test_adapter_loads_in_peft_and_merged_export(tiny_model_path, tmp_path):
 
 
 def test_trainer_settings_round_trip_through_the_cli(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "proxyreward_pl.trainer", "--help"], capture_output=True, text=True,
-                          check=True)
+    proc = subprocess.run([sys.executable, "-m", "proxyreward_pl.training", "--help"], capture_output=True,
+                          text=True, check=True)
     assert "pairs out" in proc.stdout.replace("\n", " ").replace("  ", " ") or "PAIRS" in proc.stdout.upper()
     for flag in ("--model.path", "--lora.r", "--dpo.beta", "--optim.lr", "--data.max_length",
                  "--trainer.strategy", "--resume"):
         assert flag in proc.stdout
-    assert TrainerSettings().strategy == "auto"
 
 
 def test_training_core_runs_without_duckdb_or_polars(tiny_model_path, tmp_path):
@@ -217,7 +213,7 @@ def test_training_core_runs_without_duckdb_or_polars(tiny_model_path, tmp_path):
         import sys
         sys.modules["duckdb"] = None   # any import of them now fails
         sys.modules["polars"] = None
-        from proxyreward_pl.trainer import main
+        from proxyreward_pl.training.core import main
         main([{str(pairs)!r}, {str(tmp_path / "run")!r}, "--config", "configs/tiny.yaml",
               "--model.path", {str(tiny_model_path)!r}, "--trainer.max_steps", "2", "--data.max_length", "96"])
     """)
@@ -228,12 +224,11 @@ def test_training_core_runs_without_duckdb_or_polars(tiny_model_path, tmp_path):
 
 def test_gradient_checkpointing_trains_the_same_adapter(tiny_model_path, tmp_path):
     pairs = write_case_pairs(tmp_path / "p.parquet", 8)
-    s = small_settings(tiny_model_path, max_steps=2)
+    s = dataclasses.replace(small_settings(tiny_model_path, max_steps=2), optim=OptimSettings(lr=1e-2, warmup_ratio=0))
     states = {}
     for gc in (False, True):
         model = ModelSettings(path=str(tiny_model_path), gradient_checkpointing=gc)
-        train_pairs(str(pairs), str(tmp_path / f"gc{gc}"), model, s["lora"], DPOSettings(),
-                    OptimSettings(lr=1e-2, warmup_ratio=0), s["data"], s["trainer"])
+        train_pairs(pairs, tmp_path / f"gc{gc}", dataclasses.replace(s, model=model))
         states[gc] = lora_state(PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_path),
                                                           tmp_path / f"gc{gc}" / "adapter"))
     assert any(v.abs().sum() > 0 for k, v in states[True].items() if "lora_B" in k)  # LoRA did train

@@ -28,10 +28,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..paths import SQL_DIR, resolve_lake
 from .contract import Frame, LakeError, TableSpec, ValidationError, check_rows, conform, contract, to_arrow
-from .paths import SQL_DIR, resolve_lake
-
-__all__ = ["Lake", "LakeError", "Transaction", "ValidationError", "contract"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # Fault injection for the crash tests: SIGKILL this process at a named point of a commit.

@@ -9,6 +9,7 @@ and the RNG state, so a run resumed mid-epoch retraces an uninterrupted one.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -16,8 +17,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from .losses import LOSS_TYPES, dpo_loss, fused_sequence_logps, sequence_logps, sft_loss
-from .settings import DPOSettings, LoraSettings, ModelSettings, OptimSettings
+from ..settings import LoraSettings, ModelSettings, TrainingSettings
+from .losses import dpo_loss, fused_sequence_logps, sequence_logps, sft_loss
 
 
 def load_policy(settings: ModelSettings, lora: LoraSettings, device: str = "cpu", trainable: bool = True):
@@ -78,17 +79,17 @@ def reference_logps(model, loader, chunk_size: int = 1024) -> dict[int, tuple[fl
 
 
 class DPOModule(L.LightningModule):
-    def __init__(self, model: ModelSettings, lora: LoraSettings = LoraSettings(), dpo: DPOSettings = DPOSettings(),
-                 optim: OptimSettings = OptimSettings(), total_steps: int | None = None):
+    def __init__(self, settings: TrainingSettings, total_steps: int | None = None):
         super().__init__()
-        self.model_settings, self.lora, self.dpo, self.optim = model, lora, dpo, optim
-        if dpo.loss_type not in LOSS_TYPES:
-            raise ValueError(f"loss_type must be one of {LOSS_TYPES}")
+        self.settings = settings
+        self.model_settings, self.lora = settings.model, settings.lora
+        self.dpo, self.optim = settings.dpo, settings.optim
         self.total_steps = total_steps
         self.model = None
         self.strict_loading = False  # checkpoints hold the adapter only
         self._t0: float | None = None
-        self.save_hyperparameters({"model": vars(model), "lora": vars(lora), "dpo": vars(dpo), "optim": vars(optim)})
+        self.save_hyperparameters({k: dataclasses.asdict(getattr(settings, k))
+                                   for k in ("model", "lora", "dpo", "optim")})
 
     def configure_model(self) -> None:
         if self.model is None:
@@ -96,22 +97,27 @@ class DPOModule(L.LightningModule):
             self.model.train()  # from_pretrained leaves eval mode; dropout (if any) behaves as in training
 
     # -- the step ---------------------------------------------------------------------------------
+    def reference(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reference's log-probs of the batch's (chosen, rejected) answers: stored with the pairs
+        (`dpo.reference: precomputed`), or the same model with its adapter disabled."""
+        n = batch["index"].shape[0]
+        if self.dpo.precomputed:
+            ref_c, ref_r = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
+            if torch.isnan(ref_c).any() or torch.isnan(ref_r).any():
+                raise ValueError("reference='precomputed' but some pairs have no ref_chosen_logp/ref_rejected_logp; "
+                                 "compute them first (training.core.ensure_reference) or use "
+                                 "reference='adapter_disabled'")
+            return ref_c, ref_r
+        with torch.no_grad(), self.model.disable_adapter():
+            ref = policy_logps(self.model, batch, self.model_settings.head_chunk_size)
+        return ref[:n], ref[n:]
+
     def compute(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The batch's mean loss and TRL-named metrics."""
         n = batch["index"].shape[0]
         logps = policy_logps(self.model, batch, self.model_settings.head_chunk_size)
         chosen, rejected = logps[:n], logps[n:]
-        if self.dpo.reference == "precomputed":
-            ref_c, ref_r = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
-            if torch.isnan(ref_c).any() or torch.isnan(ref_r).any():
-                raise ValueError("reference='precomputed' but some pairs have no ref_chosen_logp/ref_rejected_logp; "
-                                 "compute them first (trainer.precompute_reference) or use "
-                                 "reference='adapter_disabled'")
-            ref_c, ref_r = ref_c.to(chosen.dtype), ref_r.to(chosen.dtype)
-        else:
-            with torch.no_grad(), self.model.disable_adapter():
-                ref = policy_logps(self.model, batch, self.model_settings.head_chunk_size)
-            ref_c, ref_r = ref[:n], ref[n:]
+        ref_c, ref_r = (r.to(chosen.dtype) for r in self.reference(batch))
         losses, rc, rr = dpo_loss(chosen, rejected, ref_c, ref_r, self.dpo.beta, self.dpo.loss_type,
                                   self.dpo.label_smoothing)
         if self.dpo.sft_weight:
@@ -154,10 +160,6 @@ class DPOModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # -- checkpoints: adapter, optimizer, RNG ---------------------------------------------------------
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        names = {n for n, p in self.named_parameters() if p.requires_grad}
-        return {k: v for k, v in self.state_dict().items() if k in names}
-
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         names = {n for n, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in names}

@@ -14,8 +14,8 @@ import math
 import re
 from collections.abc import Callable
 
-from ..engines import Engine, Request, Result
-from . import world
+from ..closedworld import world
+from .base import Engine, Request, Result
 
 _RESPONSE = re.compile(r"<response>\n(.*)\n</response>", re.DOTALL)
 _NUMBERED = re.compile(r"^(\d+)\. (.+)$", re.MULTILINE)

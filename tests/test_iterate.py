@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from proxyreward_pl.lake import Lake
-from tests.conftest import REPO, run_cli
+from tests.helpers import REPO, run_cli
 
 # Small and quick: HF engines, 6 questions x 3 answers, short answers, one epoch.
 SMALL = ["--config", "configs/tiny.yaml", "--policy.engine", "hf", "--judge.engine", "hf",
@@ -119,6 +119,7 @@ def test_notebooks_run_on_the_pipeline_lake(pipeline_lake):
         del os.environ["PROXYREWARD_LAKE"]
 
 
+@pytest.mark.slow
 def test_sigkill_at_any_point_then_rerun_matches_an_uninterrupted_run(pipeline_lake, tmp_path):
     expected = table_counts(Lake(pipeline_lake))
     lake = tmp_path / "lake"
@@ -173,7 +174,7 @@ def test_rollout_and_evaluate_stages(seeded_lake):
 def test_llm_judge_win_rate_against_iteration_zero(pipeline_lake, tmp_path):
     import shutil
 
-    from tests.judge_server import JudgeServer
+    from tests.servers.judge import JudgeServer
 
     lake = tmp_path / "copy"
     shutil.copytree(pipeline_lake, lake)

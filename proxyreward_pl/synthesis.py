@@ -14,49 +14,22 @@ import dataclasses
 import hashlib
 import re
 from collections import Counter
-from dataclasses import dataclass
 
 from . import prompts
-from . import tiny as tiny_models
 from .asking import Asked, Tokens, answer_form, ask, resolve_engine, structured_kwargs
 from .dataset import Record, part_name, read_proxyqa, store
 from .engines import Request, make_engine
 from .errors import ProxyRewardError
 from .lake import Lake
-from .rewards.errors import ParseError, is_json, json_answer
-from .runs import record_run
-from .settings import EngineSettings
+from .lake.runs import record_run
+from .rewards.parsing import ParseError, is_json, json_answer
+from .settings import EngineSettings, GenerationSettings, TinySettings
 
 DEFAULT_DOMAINS = ("science", "history", "technology", "economics", "geography", "arts", "health", "sports")
 TIME_WORDS = re.compile(r"\b(current(ly)?|nowadays|today|latest|recent(ly)?|as of|this year|upcoming)\b", re.I)
 STOPWORDS = frozenset("a an the of and or in on to for with by from how what why which who does do is are was "
                       "were be its their this that these those as at into about between explain describe "
                       "discuss compare".split())
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    """What the generator is asked for, and the rules its output must pass."""
-
-    per_question: int = 15
-    """Proxy statements asked for per meta-question."""
-    false_share: float = 0.25
-    """Share of them asked to be false."""
-    questions_per_request: int = 8
-    time_insensitive: bool = True
-    """Ask for, and keep only, questions that do not depend on time."""
-    min_statements: int = 10
-    """A question keeps only if this many statements survive the rules."""
-    false_share_bounds: tuple[float, float] = (0.1, 0.45)
-    """Surviving statements must have a false share within these bounds."""
-    statement_words: tuple[int, int] = (5, 60)
-    question_words: tuple[int, int] = (6, 80)
-    near_duplicate: float = 0.7
-    """Two questions whose content-word sets overlap this much (Jaccard) count as one."""
-    max_requests_per_domain: int = 6
-    temperature: float = 0.8
-    max_tokens: int = 2048
-    seed: int = 0
 
 
 def normalise(text: str) -> str:
@@ -256,11 +229,11 @@ def _source(engine_settings: EngineSettings) -> str:
 def generate(
     n: int = 100,
     domains: str | None = None,
-    per_question: int = 15,
+    per_question: int | None = None,
     split_eval: float = 0.1,
     generator: EngineSettings = EngineSettings(),
     generation: GenerationSettings = GenerationSettings(),
-    tiny: tiny_models.TinyModelConfig = tiny_models.TinyModelConfig(),
+    tiny: TinySettings = TinySettings(),
     lake: str | None = None,
 ) -> dict:
     """Generate N meta-questions over the domains and their proxy statements, validate, deduplicate, store.
@@ -269,7 +242,8 @@ def generate(
         n: meta-questions to generate (balanced over the domains; fewer if the rules drop some).
         domains: comma-separated domains (default: science, history, technology, economics, geography, arts,
             health, sports).
-        per_question: proxy statements asked for per meta-question.
+        per_question: proxy statements asked for per meta-question (a shortcut for generation.per_question,
+            which it overrides when given).
         split_eval: share of the questions that go to the eval split (by a hash of their id).
         generator: the engine that writes (--generator.engine, --generator.model, --generator.base_url, ...).
         generation: false share, rules and bounds.
@@ -283,12 +257,12 @@ def generate(
         raise ProxyRewardError("--split_eval must be in [0, 1)")
     lk = Lake(lake)
     generator = resolve_engine(generator, tiny)
-    settings = dataclasses.replace(generation, per_question=per_question)
+    settings = generation if per_question is None else dataclasses.replace(generation, per_question=per_question)
     engine = make_engine(generator, cache_path=lk.root / "cache" / "engine.sqlite")
     source = _source(generator)
     config = {"n": n, "domains": names, "split_eval": split_eval, "generator": dataclasses.asdict(generator),
               "generation": dataclasses.asdict(settings)}
-    with record_run(lk, 0, "dataset:generate", config) as metrics:
+    with record_run(lk, 0, "generate", config) as metrics:
         gen = Generator(engine, settings, generator)
         try:
             # every question already in the lake counts for deduplication, except this generator's own
@@ -322,17 +296,18 @@ def print_summary(counts: Counter) -> None:
 
 def proxyqa(
     path: str,
-    per_question: int = 15,
+    per_question: int | None = None,
     generator: EngineSettings = EngineSettings(),
     generation: GenerationSettings = GenerationSettings(),
-    tiny: tiny_models.TinyModelConfig = tiny_models.TinyModelConfig(),
+    tiny: TinySettings = TinySettings(),
     lake: str | None = None,
 ) -> dict:
     """Import ProxyQA's public meta-questions (eval split) and generate unofficial proxy statements for them.
 
     Args:
         path: a ProxyQA `save_to_disk` folder.
-        per_question: proxy statements asked for per meta-question.
+        per_question: proxy statements asked for per meta-question (a shortcut for generation.per_question,
+            which it overrides when given).
         generator: the engine that writes the statements.
         generation: false share, rules and bounds.
         tiny: the tiny model, when generator.model is `tiny`.
@@ -343,10 +318,10 @@ def proxyqa(
     records = read_proxyqa(Path(path))
     lk = Lake(lake)
     generator = resolve_engine(generator, tiny)
-    settings = dataclasses.replace(generation, per_question=per_question)
+    settings = generation if per_question is None else dataclasses.replace(generation, per_question=per_question)
     engine = make_engine(generator, cache_path=lk.root / "cache" / "engine.sqlite")
     source = f"proxyqa-unofficial:{_source(generator)}"
-    with record_run(lk, 0, "dataset:proxyqa", {"path": str(path), "generator": dataclasses.asdict(generator),
+    with record_run(lk, 0, "proxyqa", {"path": str(path), "generator": dataclasses.asdict(generator),
                                                 "generation": dataclasses.asdict(settings)}) as metrics:
         gen = Generator(engine, settings, generator)
         try:

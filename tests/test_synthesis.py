@@ -10,12 +10,12 @@ import time
 
 import pytest
 
-from proxyreward_pl.generate import GenerationSettings, generate, parse_questions, parse_statements
 from proxyreward_pl.lake import Lake
 from proxyreward_pl.rewards import ParseError
-from proxyreward_pl.settings import EngineSettings
-from tests.conftest import REPO, run_cli
-from tests.generator_server import GeneratorServer
+from proxyreward_pl.settings import EngineSettings, GenerationSettings
+from proxyreward_pl.synthesis import generate, parse_questions, parse_statements
+from tests.helpers import REPO, run_cli
+from tests.servers.generator import GeneratorServer
 
 SCRIPT = {
     ("alpha", 1): ["Explain the unbalanced alpha phenomenon in depth with its causes and effects?",
@@ -124,19 +124,20 @@ def test_proxyqa_statements_and_stats(lake, tmp_path):
     assert lake.read("proxy_questions").height == 6 * 12
     stats = run_cli("dataset", "stats", lake=lake.root, check=True).stdout
     assert "false_share" in stats and "history" in stats
-    run = json.loads(lake.sql("SELECT metrics FROM runs WHERE stage = 'dataset:proxyqa'").item())
+    run = json.loads(lake.sql("SELECT metrics FROM runs WHERE stage = 'proxyqa'").item())
     assert run["summary"]["statements_kept"] == 72
 
 
 vllm = pytest.importorskip("vllm", reason="vllm(-cpu) not installed")
 
 
+@pytest.mark.slow
 def test_vllm_tiny_generator_end_to_end(lake):
     """Nonsense content from the tiny model, but regex-constrained structure: the command runs through."""
     script = lake.root / "gen.py"
     script.write_text(
         "import sys\n"
-        "from proxyreward_pl.generate import GenerationSettings, generate\n"
+        "from proxyreward_pl.settings import GenerationSettings\nfrom proxyreward_pl.synthesis import generate\n"
         "from proxyreward_pl.settings import EngineSettings\n"
         "if __name__ == '__main__':\n"
         "    m = generate(n=2, domains='science,history', per_question=6, lake=sys.argv[1],\n"

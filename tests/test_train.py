@@ -7,8 +7,7 @@ import json
 import polars as pl
 import pytest
 
-from tests.conftest import run_cli
-from tests.lake_helpers import add_pairs
+from tests.helpers import add_pairs, run_cli
 
 FAST = ["--config", "configs/tiny.yaml", "--trainer.epochs", "1", "--data.max_length", "128",
         "--lora.r", "4", "--lora.alpha", "8"]
@@ -77,7 +76,7 @@ def test_prepare_only_then_the_core_trains_from_the_file(seeded_lake, tmp_path):
     import subprocess
     import sys
 
-    subprocess.run([sys.executable, "-m", "proxyreward_pl.trainer", pairs_file, str(tmp_path / "core"),
+    subprocess.run([sys.executable, "-m", "proxyreward_pl.training", pairs_file, str(tmp_path / "core"),
                     "--config", "configs/tiny.yaml", "--model.path", json.loads(
                         seeded_lake.sql("SELECT config FROM runs").item())["model"]["path"],
                     "--trainer.max_steps", "1", "--data.max_length", "128", "--lora.r", "4"],

@@ -5,7 +5,7 @@ transformers, peft, lightning and pyarrow). A pairs file has one row per pair:
 
     prompt             str     the user turn (rendered with the tokenizer's chat template)
     chosen, rejected   str     the two answers
-    pair_id            str     optional; row number otherwise
+    (any other column)         kept as it is (the lake's `question_id`, say)
     ref_chosen_logp    float   optional; persisted reference log-probs
     ref_rejected_logp  float   optional
 """
@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from .settings import DataConfig
+from ..settings import DataSettings
 
 REQUIRED = ("prompt", "chosen", "rejected")
 
@@ -64,7 +64,7 @@ def answer_ids(tokenizer, answer: str) -> list[int]:
     return tokenizer(answer, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
 
 
-def tokenization_id(tokenizer, config: DataConfig) -> str:
+def tokenization_id(tokenizer, config: DataSettings) -> str:
     """A hash of everything that decides token ids and truncation (stored beside reference log-probs)."""
     h = hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode() if hasattr(tokenizer, "backend_tokenizer")
                        else repr(tokenizer.get_vocab()).encode())
@@ -88,7 +88,7 @@ class TokenizedPair:
         return len(self.prompt) + max(len(self.chosen), len(self.rejected))
 
 
-def tokenize_pairs(tokenizer, rows: list[dict], config: DataConfig) -> list[TokenizedPair]:
+def tokenize_pairs(tokenizer, rows: list[dict], config: DataSettings) -> list[TokenizedPair]:
     """Keep the prompt's start (at most max_prompt_length tokens) and cut each answer's end to fit."""
     max_prompt = config.max_prompt_length or config.max_length // 2
     out = []
@@ -168,7 +168,7 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
 class PairsDataModule(L.LightningDataModule):
     """Pairs from `train_path` (and optionally `val_path`) for a tokenizer at `tokenizer_path`."""
 
-    def __init__(self, train_path: str | Path, tokenizer_path: str | Path, config: DataConfig = DataConfig(),
+    def __init__(self, train_path: str | Path, tokenizer_path: str | Path, config: DataSettings = DataSettings(),
                  val_path: str | Path | None = None):
         super().__init__()
         self.train_path, self.val_path = Path(train_path), (Path(val_path) if val_path else None)

@@ -1,4 +1,4 @@
-"""Judge answers that do not have the asked-for form."""
+"""Reading judge answers: JSON or free text, and the error for an answer without the asked-for form."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 
-from tests.judge_server import JudgeServer
+from tests.servers.judge import JudgeServer
 
 _DOMAIN = re.compile(r"different open-ended\s+questions about (.+?)\. Each", re.S)
 _BATCH = re.compile(r"\(batch (\d+):")

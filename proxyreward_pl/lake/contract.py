@@ -13,8 +13,8 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 
-from .errors import ProxyRewardError
-from .paths import SQL_DIR
+from ..errors import ProxyRewardError
+from ..paths import SQL_DIR
 
 Frame = pl.DataFrame | pa.Table | list[dict[str, Any]]
 

