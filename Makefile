@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE=1
 export TRANSFORMERS_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false
 
-.PHONY: setup test test-all iterate closedworld lint clean-lake bench-dpo bench-judge
+.PHONY: setup test test-slow test-all iterate closedworld lint clean-lake bench-dpo bench-judge
 
 setup: $(STAMP)
 	@test -d datalake/tables/meta_questions || $(BIN)/proxyreward seed
@@ -29,8 +29,13 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+# The default suite (under 8 minutes on 2 cores); `slow` marks the longer end-to-end tests of each real
+# component (the loop, vLLM, DDP ranks, the closed world), which CI runs too (.ci/run).
 test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
 
 test-all: setup
 	$(BIN)/python -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
