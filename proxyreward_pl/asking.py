@@ -11,6 +11,7 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from . import tiny as tiny_models
@@ -133,18 +134,36 @@ def ask(engine: Engine, asked: list[Asked], retries: int, tokens: Tokens, label:
     return outcomes
 
 
-def policy_of(lake: Lake, iteration: int, engine: EngineSettings, prefix: str = "iteration-") -> tuple[str | None, str]:
-    """(adapter to pass to the engine, policy name for the rows) of iteration N's policy (0 = base)."""
+def _weights_digest(folder: Path, pattern: str) -> str:
+    h = hashlib.sha256()
+    for f in sorted(folder.glob(pattern)):
+        with open(f, "rb") as fh:
+            for block in iter(lambda fh=fh: fh.read(1 << 24), b""):
+                h.update(block)
+    return h.hexdigest()[:12]
+
+
+def policy_of(lake: Lake, iteration: int, engine: EngineSettings,
+              prefix: str = "iteration-") -> tuple[EngineSettings, str | None, str]:
+    """(engine settings, adapter to pass to the engine, policy name for the rows) of iteration N's policy:
+    the base model (N = 0), the base plus N's LoRA adapter, or N's fully fine-tuned model."""
     if iteration == 0:
-        return None, f"{engine.model}+base"
+        return engine, None, f"{engine.model}+base"
+    full = lake.model_dir(iteration)
+    if (full / "config.json").exists():
+        if engine.engine == "openai":
+            raise ProxyRewardError(f"iteration {iteration}'s policy is a fully fine-tuned model ({full}); a server "
+                                   "cannot load it at run time: serve it (vllm serve that folder) and point "
+                                   "--policy.model at it, or train with LoRA")
+        return (dataclasses.replace(engine, model=str(full)), None,
+                f"{engine.model}+full:{_weights_digest(full, '*.safetensors')}")
     path = lake.adapter_dir(iteration)
-    weights = path / "adapter_model.safetensors"
-    if not weights.exists():
+    if not (path / "adapter_model.safetensors").exists():
         raise ProxyRewardError(f"iteration {iteration}'s policy needs its adapter in {path}; train iteration "
                                f"{iteration} first")
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
+    digest = _weights_digest(path, "adapter_model.safetensors")
     adapter = f"{prefix}{iteration}" if engine.engine == "openai" else str(path)
-    return adapter, f"{engine.model}+adapter:{digest}"
+    return engine, adapter, f"{engine.model}+adapter:{digest}"
 
 
 def sample(engine, questions: list[dict], *, iteration: int, k: int, temperature: float, top_p: float,

@@ -45,7 +45,7 @@ def evaluate(
     lk = Lake(lake)
     ensure_seeded(lk)
     policy, judge = resolve_engine(policy, tiny), resolve_engine(judge, tiny)
-    adapter, name = policy_of(lk, iteration, policy, sampling.served_adapter_prefix)
+    policy, adapter, name = policy_of(lk, iteration, policy, sampling.served_adapter_prefix)
     questions = lk.sql("SELECT question_id, text, context FROM meta_questions WHERE split = 'eval' "
                        "ORDER BY question_id").to_dicts()
     if not questions:

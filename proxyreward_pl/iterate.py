@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from .engines import shared_engines
+from .engines import hand_back_engines, shared_engines
 from .errors import ProxyRewardError
 from .evaluate import evaluate as evaluate_stage
 from .lake import Lake
@@ -143,6 +143,10 @@ def run_loop(lake: Lake, settings: LoopSettings, iterations: int = 2, report: bo
                 print(f"[iterate] {step}: done earlier, skipped")
                 continue
             print(f"[iterate] {step} ({time.perf_counter() - t0:.0f} s)", flush=True)
+            if step.stage == "train":  # the training core runs in its own process: give it the accelerator
+                handed = hand_back_engines()
+                if handed:
+                    print(f"[iterate] handed the accelerator back: {', '.join(handed)} (taken again on next use)")
             step.run(lake)
             if step.stage == "evaluate":
                 warn_if_degenerating(lake, step.iteration)

@@ -64,6 +64,8 @@ class DataSettings:
 class LoraSettings:
     """The LoRA adapter (peft)."""
 
+    enabled: bool = True
+    """False: full fine-tuning, every weight trained (the reference must then be precomputed)."""
     r: int = 16
     alpha: int = 32
     dropout: float = 0.0
@@ -183,6 +185,15 @@ class TrainingSettings:
     optim: OptimSettings = OptimSettings()
     data: DataSettings = DataSettings()
     trainer: TrainerSettings = TrainerSettings()
+
+    def __post_init__(self):
+        _check(not (self.full_fine_tuning and not self.dpo.precomputed), "dpo.reference",
+               "full fine-tuning (lora.enabled false) has no adapter to disable: use precomputed")
+
+    @property
+    def full_fine_tuning(self) -> bool:
+        """Every weight is trained; the policy is a whole model, not an adapter."""
+        return not self.lora.enabled and not self.model.init_adapter
 
 
 # -- engines and the loop -------------------------------------------------------------------------------

@@ -136,6 +136,71 @@ def test_sigkill_at_any_point_then_rerun_matches_an_uninterrupted_run(pipeline_l
     assert {k: v for k, v in got.items() if k[0] != "runs"} == {k: v for k, v in expected.items() if k[0] != "runs"}
 
 
+@pytest.mark.slow
+def test_iterate_with_two_ddp_ranks_then_a_fresh_train_over_its_checkpoints(tmp_path):
+    """Lightning's launcher re-runs only the training core for rank 1 (not `iterate`, which would stop on its
+    own lock); re-training the iteration without --resume starts over on both ranks despite the checkpoints the
+    first run left, and gives the same adapter."""
+    ranks = ["--iterations", "1", "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu"]
+    proc = subprocess.run(iterate_cmd(tmp_path / "lake", *ranks), cwd=REPO, capture_output=True, text=True,
+                          timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lake = Lake(tmp_path / "lake")
+    weights = lake.adapter_dir(1) / "adapter_model.safetensors"
+    first = weights.read_bytes()
+    metrics = json.loads(lake.sql("SELECT metrics FROM runs WHERE stage = 'train'").item())
+    assert metrics["world_size"] == 2 and metrics["global_step"] >= 1
+    assert (lake.root / "runs" / "iteration=1" / "train" / "checkpoints" / "last.ckpt").exists()
+    train = ["--config", "configs/tiny.yaml", "--trainer.epochs", "1", "--data.max_length", "256"]  # as SMALL
+    run_cli("train", "--iteration", "1", *train, *ranks[2:], lake=lake.root, check=True, timeout=1800)
+    import torch
+    from safetensors.torch import load
+
+    again, before = load(weights.read_bytes()), load(first)
+    for k, v in before.items():
+        torch.testing.assert_close(again[k], v, atol=1e-6, rtol=0)
+
+
+def test_engines_hand_the_accelerator_back_before_training_and_take_it_after(seeded_lake):
+    from proxyreward_pl.engines import shared_engines
+    from proxyreward_pl.iterate import run_loop
+    from proxyreward_pl.settings import (
+        DataSettings,
+        EngineSettings,
+        EvalSettings,
+        JudgeSettings,
+        LoopSettings,
+        LoraSettings,
+        RolloutSettings,
+        TrainerSettings,
+        TrainingSettings,
+    )
+
+    settings = LoopSettings(
+        policy=EngineSettings(engine="hf"), judge=JudgeSettings(engine="hf", mode="logprob"),
+        sampling=RolloutSettings(k=3, max_questions=6, max_new_tokens=24), evaluation=EvalSettings(max_new_tokens=24),
+        training=TrainingSettings(lora=LoraSettings(r=4, alpha=8), data=DataSettings(max_length=128),
+                                  trainer=TrainerSettings(epochs=1, accelerator="cpu", devices=1, loggers=(),
+                                                          progress_bar=False)))
+    with shared_engines() as pool:
+        run_loop(seeded_lake, settings, iterations=1, report=False)
+        events = {engine.identity: list(engine.events) for engine in pool.values()}
+    assert events and all(e == ["load", "hand_back", "load"] for e in events.values()), events
+    assert seeded_lake.sql("SELECT count(*) FROM evaluations WHERE iteration = 1").item() > 0
+
+
+def test_a_failed_training_core_is_a_failed_train_run_with_its_last_lines(seeded_lake):
+    from tests.helpers import add_pairs
+
+    add_pairs(seeded_lake, 1)
+    proc = run_cli("train", "--iteration", "1", "--config", "configs/tiny.yaml", "--trainer.accelerator", "gpu",
+                   lake=seeded_lake.root)
+    assert proc.returncode == 1 and "the training core failed" in proc.stderr and "Traceback" not in proc.stderr
+    row = seeded_lake.sql("SELECT status, metrics FROM runs WHERE stage = 'train'").row(0)
+    assert row[0] == "failed" and "gpu" in json.loads(row[1])["error"].lower()
+    assert not seeded_lake.adapter_dir(1).exists()
+
+
 def test_a_second_iterate_on_the_same_lake_is_refused(seeded_lake):
     with open(seeded_lake.root / ".iterate.lock", "a+") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)

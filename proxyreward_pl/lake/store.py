@@ -89,6 +89,10 @@ class Lake:
         """Where iteration N's trained LoRA adapter lives (the policy of iteration N)."""
         return self.root / "adapters" / f"iteration={int(iteration)}"
 
+    def model_dir(self, iteration: int) -> Path:
+        """Where iteration N's fully fine-tuned model lives (the policy of iteration N, without LoRA)."""
+        return self.root / "models" / f"iteration={int(iteration)}"
+
     def partition_dir(self, table: str, iteration: int) -> Path:
         return self.tables_dir / table / f"iteration={int(iteration)}"
 
