@@ -5,18 +5,17 @@ retries of unusable answers, progress bars and token counts."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import sys
 import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from . import tiny as tiny_models
 from .engines import Engine, Request, Result
 from .errors import ProxyRewardError
+from .identity import weights_digest
 from .lake import Lake
 from .rewards.parsing import ParseError
 from .settings import EngineSettings, TinySettings
@@ -134,15 +133,6 @@ def ask(engine: Engine, asked: list[Asked], retries: int, tokens: Tokens, label:
     return outcomes
 
 
-def _weights_digest(folder: Path, pattern: str) -> str:
-    h = hashlib.sha256()
-    for f in sorted(folder.glob(pattern)):
-        with open(f, "rb") as fh:
-            for block in iter(lambda fh=fh: fh.read(1 << 24), b""):
-                h.update(block)
-    return h.hexdigest()[:12]
-
-
 def policy_of(lake: Lake, iteration: int, engine: EngineSettings,
               prefix: str = "iteration-") -> tuple[EngineSettings, str | None, str]:
     """(engine settings, adapter to pass to the engine, policy name for the rows) of iteration N's policy:
@@ -156,12 +146,12 @@ def policy_of(lake: Lake, iteration: int, engine: EngineSettings,
                                    "cannot load it at run time: serve it (vllm serve that folder) and point "
                                    "--policy.model at it, or train with LoRA")
         return (dataclasses.replace(engine, model=str(full)), None,
-                f"{engine.model}+full:{_weights_digest(full, '*.safetensors')}")
+                f"{engine.model}+full:{weights_digest(full)}")
     path = lake.adapter_dir(iteration)
     if not (path / "adapter_model.safetensors").exists():
         raise ProxyRewardError(f"iteration {iteration}'s policy needs its adapter in {path}; train iteration "
                                f"{iteration} first")
-    digest = _weights_digest(path, "adapter_model.safetensors")
+    digest = weights_digest(path, "adapter_model.safetensors")
     adapter = f"{prefix}{iteration}" if engine.engine == "openai" else str(path)
     return engine, adapter, f"{engine.model}+adapter:{digest}"
 

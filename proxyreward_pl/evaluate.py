@@ -27,6 +27,7 @@ def evaluate(
     evaluation: EvalSettings = EvalSettings(),
     sampling: RolloutSettings = RolloutSettings(),
     tiny: TinySettings = TinySettings(),
+    force: bool = False,
     lake: str | None = None,
 ) -> dict:
     """Answer the eval meta-questions with iteration N's policy and judge the answers with the proxy judge.
@@ -38,6 +39,7 @@ def evaluate(
         evaluation: decoding (greedy by default), samples, LLM-judge win rate against iteration 0.
         sampling: only served_adapter_prefix is read (how an OpenAI-compatible server names adapters).
         tiny: the tiny model, when a model is `tiny`.
+        force: evaluate even a stale policy (see `proxyreward lake lineage`).
         lake: lake root (default: PROXYREWARD_LAKE or the repository's datalake/).
     """
     from .dataset import ensure_seeded
@@ -54,7 +56,7 @@ def evaluate(
     config = {"policy": dataclasses.asdict(policy), "judge": dataclasses.asdict(judge),
               "evaluation": dataclasses.asdict(evaluation)}
     cache = lk.root / "cache" / "engine.sqlite"
-    with record_run(lk, iteration, "evaluate", config) as metrics:
+    with record_run(lk, iteration, "evaluate", config, force=force) as metrics:
         gen = make_engine(policy, cache_path=cache)
         try:
             rows, gen_tokens = sample(gen, questions, iteration=iteration, k=evaluation.samples,

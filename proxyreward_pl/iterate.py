@@ -3,10 +3,12 @@
 Iteration 0 evaluates the base model; each iteration N then runs rollout -> score -> select -> train ->
 evaluate, every stage recorded in `runs`. The proxy reward is always scored (it is what eval reports); a
 selection by another reward (llm_judge, longreward, length) scores that one too. After each evaluation the
-loop checks itself for degeneration (`analysis/health.sql`) and warns. A re-run after a crash starts at the
-first stage that has no finished run and redoes nothing finished. A lock refuses a second concurrent
-`iterate` on the same lake. Engines are shared between the stages of one run (one vLLM start, not one per
-stage). This module sits above the stages: it is the only one that calls them.
+loop checks itself for degeneration (`analysis/health.sql`) and warns. A re-run skips every stage whose
+finished run is current (`lake/lineage.py`) and redoes the others, saying why: after a crash, the first
+stage without a finished run; after a change upstream (a retrained adapter, an edited prompt template or
+selection SQL, re-imported questions), the stages built on it and everything downstream. A lock refuses a
+second concurrent `iterate` on the same lake. Engines are shared between the stages of one run (one vLLM
+start, not one per stage). This module sits above the stages: it is the only one that calls them.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from .engines import hand_back_engines, shared_engines
 from .errors import ProxyRewardError
 from .evaluate import evaluate as evaluate_stage
 from .lake import Lake
-from .lake.runs import finished
+from .lake.lineage import Key, Lineage, reward_family
 from .rollout import rollout as rollout_stage
 from .score import score as score_stage
 from .select import select as select_stage
@@ -70,14 +72,6 @@ def iterate_lock(lake: Lake) -> Iterator[None]:
         fh.close()
 
 
-def reward_family(reward: str) -> str:
-    """The `score --reward` that produces a selection reward (proxy_precision -> proxy, ...)."""
-    for family in ("proxy", "longreward", "llm_judge", "length"):
-        if reward == family or reward.startswith(family + "_"):
-            return family
-    raise ProxyRewardError(f"selection.reward {reward!r} is not produced by any `score --reward`")
-
-
 def health(lake: Lake) -> pl.DataFrame:
     """Per evaluated iteration: degeneration signs and their flags (SQL)."""
     return lake.run_sql_file("analysis/health")
@@ -113,19 +107,20 @@ def plan(s: LoopSettings, iterations: int) -> list[Step]:
     """Every stage of iterations 0..`iterations` in order (iteration 0: the base model's evaluation)."""
     def evaluate(n: int) -> Step:
         return Step(n, "evaluate", lambda lk: evaluate_stage(n, s.policy, s.judge, s.evaluation, s.sampling, s.tiny,
-                                                             str(lk.root)))
+                                                             lake=str(lk.root)))
 
     def score(n: int, reward: str) -> Step:
-        return Step(n, "score", lambda lk: score_stage(n, reward, s.judge, s.tiny, str(lk.root)), reward)
+        return Step(n, "score", lambda lk: score_stage(n, reward, s.judge, s.tiny, lake=str(lk.root)), reward)
 
     family = reward_family(s.selection.reward)
     steps = [evaluate(0)]
     for n in range(1, iterations + 1):
-        steps += [Step(n, "rollout", lambda lk, n=n: rollout_stage(n, s.policy, s.sampling, s.tiny, str(lk.root))),
+        steps += [Step(n, "rollout", lambda lk, n=n: rollout_stage(n, s.policy, s.sampling, s.tiny,
+                                                                   lake=str(lk.root))),
                   score(n, "proxy")]
         if family != "proxy":
             steps.append(score(n, family))
-        steps += [Step(n, "select", lambda lk, n=n: select_stage(n, s.selection, str(lk.root))),
+        steps += [Step(n, "select", lambda lk, n=n: select_stage(n, s.selection, lake=str(lk.root))),
                   Step(n, "train", lambda lk, n=n: train_iteration(lk, n, s.training, s.tiny)),
                   evaluate(n)]
     return steps
@@ -139,9 +134,12 @@ def run_loop(lake: Lake, settings: LoopSettings, iterations: int = 2, report: bo
     with iterate_lock(lake), shared_engines():
         ensure_seeded(lake)
         for step in plan(settings, iterations):
-            if finished(lake, step.iteration, step.stage, step.reward):
+            status = Lineage(lake).status(Key(step.stage, step.iteration, step.reward))
+            if status.current:
                 print(f"[iterate] {step}: done earlier, skipped")
                 continue
+            if status.run is not None:
+                print(f"[iterate] {step}: stale ({'; '.join(status.reasons())}); redoing it", flush=True)
             print(f"[iterate] {step} ({time.perf_counter() - t0:.0f} s)", flush=True)
             if step.stage == "train":  # the training core runs in its own process: give it the accelerator
                 handed = hand_back_engines()

@@ -23,6 +23,7 @@ def rollout(
     policy: EngineSettings = EngineSettings(),
     sampling: RolloutSettings = RolloutSettings(),
     tiny: TinySettings = TinySettings(),
+    force: bool = False,
     lake: str | None = None,
 ) -> dict:
     """Sample k answers per train meta-question from the policy of iteration N-1.
@@ -32,6 +33,7 @@ def rollout(
         policy: the engine that samples (--policy.engine hf|vllm|openai, --policy.model, ...).
         sampling: k, temperature, top_p, max_new_tokens, seed, max_questions.
         tiny: the tiny model, when policy.model is `tiny`.
+        force: run even when iteration N-1's policy is stale (see `proxyreward lake lineage`).
         lake: lake root (default: PROXYREWARD_LAKE or the repository's datalake/).
     """
     if iteration < 1:
@@ -49,7 +51,7 @@ def rollout(
         raise ProxyRewardError("the lake has no train meta-questions; run `proxyreward seed` or import some")
     engine = make_engine(policy, cache_path=lk.root / "cache" / "engine.sqlite")
     config = {"policy": dataclasses.asdict(policy), "sampling": dataclasses.asdict(sampling), "adapter": adapter}
-    with record_run(lk, iteration, "rollout", config) as metrics:
+    with record_run(lk, iteration, "rollout", config, force=force) as metrics:
         try:
             rows, tokens = sample(engine, questions.to_dicts(), iteration=iteration, k=sampling.k,
                                   temperature=sampling.temperature, top_p=sampling.top_p,

@@ -46,6 +46,7 @@ def score(
     reward: Reward = "proxy",
     judge: JudgeSettings = JudgeSettings(),
     tiny: TinySettings = TinySettings(),
+    force: bool = False,
     lake: str | None = None,
 ) -> dict:
     """Judge the rollouts of an iteration and write judgments and scores.
@@ -57,6 +58,7 @@ def score(
         judge: the judge engine and how it is asked (--judge.engine, --judge.model, --judge.base_url,
             --judge.api_key_env, --judge.max_concurrency, --judge.mode, ...).
         tiny: the tiny model, when judge.model is `tiny`.
+        force: judge even rollouts that are stale (see `proxyreward lake lineage`).
         lake: lake root (default: PROXYREWARD_LAKE or the repository's datalake/).
     """
     lk = Lake(lake)
@@ -69,7 +71,7 @@ def score(
     if missing:
         raise ProxyRewardError(f"rollouts of iteration {iteration} answer unknown meta-questions: {missing[:5]}")
     if reward == "length":
-        with record_run(lk, iteration, "score", {"reward": reward}, reward="length") as metrics:
+        with record_run(lk, iteration, "score", {"reward": reward}, reward="length", force=force) as metrics:
             rows = length_rows(iteration, rollouts)
             lk.write("scores", rows, iteration=iteration, name="length", replace_partition=False)
             metrics.update(rollouts=len(rows), scores={"length": {"mean": sum(r["score"] for r in rows) / len(rows),
@@ -81,7 +83,7 @@ def score(
     name = judge_name(engine, judge)
     config = {"reward": reward, "judge": dataclasses.asdict(judge)}
     tokens = Tokens()
-    with record_run(lk, iteration, "score", config, reward=reward) as metrics:
+    with record_run(lk, iteration, "score", config, reward=reward, force=force) as metrics:
         try:
             if reward == "proxy":
                 statements = statements_by_question(lk)

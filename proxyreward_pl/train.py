@@ -41,7 +41,7 @@ from .settings import (
     TrainingSettings,
 )
 
-REF_COLUMNS = ("ref_chosen_logp", "ref_rejected_logp", "ref_model", "ref_adapter", "ref_tokenization")
+REF_COLUMNS = ("ref_chosen_logp", "ref_rejected_logp", "ref_tokens", "ref_model", "ref_adapter", "ref_tokenization")
 
 
 def _publish(src: Path, dst: Path) -> None:
@@ -62,7 +62,7 @@ def _publish(src: Path, dst: Path) -> None:
 def _store_reference(lake: Lake, iteration: int, pairs_file: Path, ident: dict) -> None:
     from .training.pairs import read_pairs
 
-    refs = pl.DataFrame([{k: r[k] for k in ("question_id", "ref_chosen_logp", "ref_rejected_logp")}
+    refs = pl.DataFrame([{k: r[k] for k in ("question_id", "ref_chosen_logp", "ref_rejected_logp", "ref_tokens")}
                          for r in read_pairs(pairs_file)])
     current = lake.read("pairs", iteration).drop(REF_COLUMNS)
     updated = current.join(refs, on="question_id", how="left").with_columns(
@@ -145,7 +145,7 @@ def _finish(lake: Lake, iteration: int, settings: TrainingSettings, run_dir: Pat
 
 def train_iteration(lake: Lake, iteration: int, settings: TrainingSettings, tiny: TinySettings,
                     init_from_previous: bool = True, resume: bool = False, merged: bool = False,
-                    prepare_only: bool = False, publish_only: bool = False) -> dict:
+                    prepare_only: bool = False, publish_only: bool = False, force: bool = False) -> dict:
     """Train iteration N's policy on its pairs (see `train`)."""
     from .training.core import reference_identity
     from .training.pairs import write_pairs
@@ -158,7 +158,7 @@ def train_iteration(lake: Lake, iteration: int, settings: TrainingSettings, tiny
     run_dir = lake.root / "runs" / f"iteration={iteration}" / "train"
     pairs_file = run_dir / "pairs.parquet"
     run_dir.mkdir(parents=True, exist_ok=True)
-    with record_run(lake, iteration, "train", dataclasses.asdict(settings)) as metrics:
+    with record_run(lake, iteration, "train", dataclasses.asdict(settings), force=force) as metrics:
         if publish_only:
             result = _finish(lake, iteration, settings, run_dir, metrics)
             print(f"iteration {iteration}: published {metrics['policy']}")
@@ -212,6 +212,7 @@ def train(
     merged: bool = False,
     prepare_only: bool = False,
     publish_only: bool = False,
+    force: bool = False,
     lake: str | None = None,
 ) -> dict:
     """Train the policy of iteration N with DPO (LoRA, or full fine-tuning) on that iteration's pairs.
@@ -233,8 +234,10 @@ def train(
             core yourself, e.g. with torchrun or srun across nodes).
         publish_only: publish the policy that a training core you launched yourself left in the run folder, and
             record the run.
+        force: train even on stale pairs (see `proxyreward lake lineage`).
         lake: lake root (default: PROXYREWARD_LAKE or the repository's datalake/).
     """
     settings = TrainingSettings(model=model, lora=lora, dpo=dpo, optim=optim, data=data, trainer=trainer)
     return train_iteration(Lake(lake), iteration, settings, tiny, init_from_previous=init_from_previous,
-                           resume=resume, merged=merged, prepare_only=prepare_only, publish_only=publish_only)
+                           resume=resume, merged=merged, prepare_only=prepare_only, publish_only=publish_only,
+                           force=force)

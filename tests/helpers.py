@@ -30,6 +30,17 @@ def run_cli(*args: str, lake: Path | None = None, check: bool = False, env: dict
     return proc
 
 
+# Small and quick: HF engines, 6 questions x 3 answers, short answers, one epoch.
+SMALL = ["--config", "configs/tiny.yaml", "--policy.engine", "hf", "--judge.engine", "hf",
+         "--sampling.k", "3", "--sampling.max_questions", "6", "--sampling.max_new_tokens", "24",
+         "--evaluation.max_new_tokens", "24", "--trainer.epochs", "1", "--data.max_length", "256"]
+
+
+def iterate_cmd(lake: Path, *extra: str) -> list[str]:
+    """`proxyreward iterate` on the tiny model, small and quick (SMALL)."""
+    return [sys.executable, "-m", "proxyreward_pl", "iterate", *SMALL, "--lake", str(lake), *extra]
+
+
 # -- literal rows for stage tests -------------------------------------------------------------------------
 def train_records(n: int):
     return [r for r in seed_records() if r.split == "train"][:n]

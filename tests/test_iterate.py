@@ -8,37 +8,16 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from proxyreward_pl.lake import Lake
-from tests.helpers import REPO, run_cli
-
-# Small and quick: HF engines, 6 questions x 3 answers, short answers, one epoch.
-SMALL = ["--config", "configs/tiny.yaml", "--policy.engine", "hf", "--judge.engine", "hf",
-         "--sampling.k", "3", "--sampling.max_questions", "6", "--sampling.max_new_tokens", "24",
-         "--evaluation.max_new_tokens", "24", "--trainer.epochs", "1", "--data.max_length", "256"]
-
-
-def iterate_cmd(lake: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "proxyreward_pl", "iterate", *SMALL, "--lake", str(lake), *extra]
+from tests.helpers import REPO, SMALL, iterate_cmd, run_cli
 
 
 def table_counts(lake: Lake) -> dict:
     return {(r["table"], r["iteration"]): r["rows"] for r in lake.status().to_dicts()}
-
-
-@pytest.fixture(scope="session")
-def pipeline_lake(tmp_path_factory) -> Path:
-    """A lake made by `proxyreward iterate` (2 iterations) on the tiny model, shared by the tests below."""
-    root = tmp_path_factory.mktemp("pipeline") / "lake"
-    proc = subprocess.run(iterate_cmd(root), cwd=REPO, capture_output=True, text=True, timeout=1200)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    (root / "iterate.out").write_text(proc.stdout)
-    return root
 
 
 def test_iterate_produces_every_table(pipeline_lake):

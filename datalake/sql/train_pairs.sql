@@ -12,6 +12,7 @@ SELECT
     p.rejected_rollout_id,
     p.ref_chosen_logp,
     p.ref_rejected_logp,
+    p.ref_tokens,
     p.ref_model,
     p.ref_adapter,
     p.ref_tokenization

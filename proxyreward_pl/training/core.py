@@ -17,6 +17,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from ..identity import adapter_identity, model_identity, tokens_digest
 from ..settings import (
     DataSettings,
     DPOSettings,
@@ -76,29 +77,32 @@ def _loggers(names: tuple[str, ...], out: Path) -> list:
 
 
 def reference_identity(model: ModelSettings, data: DataSettings) -> dict[str, str]:
-    """What reference log-probs depend on: base weights, adapter, tokenisation."""
+    """What reference log-probs depend on, by content: the base weights, the adapter, the tokenisation."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model.path)
-    return {"ref_model": model.path, "ref_adapter": model.init_adapter or "",
+    return {"ref_model": model_identity(model.path), "ref_adapter": adapter_identity(model.init_adapter),
             "ref_tokenization": tokenization_id(tokenizer, data)}
 
 
 def ensure_reference(pairs_path: str | Path, settings: TrainingSettings, device: str | None = None) -> dict | None:
     """With `dpo.reference: precomputed`, fill `ref_chosen_logp`/`ref_rejected_logp` of a pairs file from the
-    policy before training (base + `init_adapter`, or the untrained model for full fine-tuning); rows that
-    already have them are left alone. Returns how many were computed and the reference's identity (None for a
-    reference computed on the fly)."""
+    policy before training (base + `init_adapter`, or the untrained model for full fine-tuning). A row keeps
+    the log-probs it has only when they were computed for its very token ids (`ref_tokens`): a pair whose
+    texts changed under the same ids is computed again. Returns how many were computed and the reference's
+    identity (None for a reference computed on the fly)."""
     if not settings.dpo.precomputed:
         return None
     model, data = settings.model, settings.data
     rows = read_pairs(pairs_path)
-    missing = [i for i, r in enumerate(rows) if r.get("ref_chosen_logp") is None or r.get("ref_rejected_logp") is None]
+    dm = PairsDataModule(pairs_path, model.path, data)
+    dm.setup()
+    tokens = [tokens_digest(p.prompt, p.chosen, p.rejected) for p in dm.train]
+    missing = [i for i, r in enumerate(rows) if r.get("ref_chosen_logp") is None or
+               r.get("ref_rejected_logp") is None or r.get("ref_tokens") != tokens[i]]
     ident = reference_identity(model, data)
     if not missing:
         return {"computed": 0, **ident}
-    dm = PairsDataModule(pairs_path, model.path, data)
-    dm.setup()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     policy = load_policy(model, settings.lora, device=device, trainable=False).to(device)
     loader = dm.loader([dm.train[i] for i in missing], max(1, data.eval_batch_size or data.batch_size * 4),
@@ -106,6 +110,7 @@ def ensure_reference(pairs_path: str | Path, settings: TrainingSettings, device:
     refs = reference_logps(policy, loader, model.head_chunk_size)
     for i in missing:
         rows[i]["ref_chosen_logp"], rows[i]["ref_rejected_logp"] = refs[i]
+        rows[i]["ref_tokens"] = tokens[i]
     write_pairs(rows, pairs_path)
     return {"computed": len(missing), **ident}
 
