@@ -20,6 +20,7 @@ from . import tiny as tiny_models
 from .errors import ProxyRewardError
 from .lake import Lake
 from .lake.runs import record_run
+from .policy_prompt import training_prompts
 from .settings import (
     DataSettings,
     DPOSettings,
@@ -101,18 +102,20 @@ def train_iteration(lake: Lake, iteration: int, settings: TrainingSettings, tiny
         for r in rows:  # stored log-probs count only when they came from this same reference
             if any(r[k] != v for k, v in ident.items()):
                 r["ref_chosen_logp"] = r["ref_rejected_logp"] = None
+        truncated_prompts = training_prompts(rows, model.path, settings.data)
         write_pairs(rows, pairs_file)
         reference = ensure_reference(pairs_file, settings)
         if reference and reference["computed"]:
             _store_reference(lake, iteration, pairs_file, reference)
         computed = reference["computed"] if reference else None
         if prepare_only:
-            metrics.update(pairs_file=str(pairs_file), reference_computed=computed)
+            metrics.update(pairs_file=str(pairs_file), reference_computed=computed, truncated_prompts=truncated_prompts)
             print(f"pairs with reference log-probs: {pairs_file}")
             return {"pairs_file": str(pairs_file)}
         result = train_pairs(pairs_file, run_dir, settings, resume=resume, merged=merged)
         _publish(run_dir / "adapter", lake.adapter_dir(iteration))
-        metrics.update(result, adapter=str(lake.adapter_dir(iteration)), reference_computed=computed)
+        metrics.update(result, adapter=str(lake.adapter_dir(iteration)), reference_computed=computed,
+                       truncated_prompts=truncated_prompts)
     print(f"iteration {iteration}: trained on {result['pairs']} pairs, {result['global_step']} steps, "
           f"loss {result['metrics'].get('loss', float('nan')):.4f}; adapter -> {lake.adapter_dir(iteration)}")
     return result
