@@ -27,10 +27,12 @@ _LABEL = re.compile(r"\[\[\s*([A-Za-z][A-Za-z ]*?)\s*\]\]")
 _STATEMENT = re.compile(r"<statement>(.*?)</statement>", re.DOTALL | re.IGNORECASE)
 _ITEM = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s+(.+?)\s*$", re.MULTILINE)
 _ANALYSIS = re.compile(r"^\s*analysis\s*:\s*", re.IGNORECASE)
+_VERDICT_LABEL = re.compile(r"\s*(rating|support|score)\s*:\s*$", re.IGNORECASE)
 
 
 def _analysis(text: str, cut: int) -> str:
-    return _ANALYSIS.sub("", text[:cut]).strip()
+    """The judge's analysis: its text before the verdict, without the labels the answer form adds."""
+    return _VERDICT_LABEL.sub("", _ANALYSIS.sub("", text[:cut])).strip()
 
 
 def parse_rating(text: str, low: int = 0, high: int = 10) -> tuple[float, str]:

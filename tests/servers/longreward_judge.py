@@ -28,8 +28,9 @@ _BLOCK = {name: re.compile(rf"<{name}>\n(.*?)\n</{name}>", re.DOTALL) for name i
 _PASSAGE = re.compile(r"^\[Passage \d+\]\n", re.MULTILINE)
 _ITEM = re.compile(r"^\d+\. (.+)$", re.MULTILINE)
 _QUESTION = re.compile(r"^Question: (.+)$", re.MULTILINE)
-STEPS = {"how HELPFUL": "helpfulness", "the LOGICALITY": "logicality", "factual statements of this answer": "statements",
-         "Now judge this statement": "support", "Extract all the information": "information",
+STEPS = {"how HELPFUL": "helpfulness", "the LOGICALITY": "logicality",
+         "factual statements of this answer": "statements", "Now judge this statement": "support",
+         "Extract all the information": "information",
          "the COMPLETENESS": "completeness"}
 
 
