@@ -5,7 +5,8 @@ arrives, so a killed run loses nothing it paid for and its re-run sends only wha
 a malformed answer is asked again (`judge.parse_retries`), and a rollout that still has no answer is
 recorded with status 'failed' and the reason, never scored 0. At the end, one lake transaction replaces
 this judge's `judgments` file and the reward's `scores` file of the iteration. `length` (the answer's token
-count) asks no judge: it is the baseline that rewards saying more, whatever is said.
+count) asks no judge: it is the baseline that rewards saying more, whatever is said. `longreward` asks in two
+rounds, several calls per answer (`longreward_judging`); their count is in the run's metrics.
 """
 
 from __future__ import annotations
