@@ -41,7 +41,8 @@ def test_the_example_runs_the_whole_loop_with_the_longreward_recipe(lake):
     truth = {s["statement"]: s["answer"] for line in EXAMPLE.read_text().splitlines()
              for s in json.loads(line)["proxy_questions"]}
     recipe = yaml.safe_load((CONFIGS_DIR / "longreward.yaml").read_text())
-    with LongRewardJudgeServer(truth=truth) as server:
+    # the tiny policy's answers state nothing the documents support: helpfulness by length sets them apart
+    with LongRewardJudgeServer(truth=truth, ratings={"helpfulness": lambda r: min(10, len(r.split()) // 2)}) as server:
         judge = JudgeSettings(engine="openai", model="longreward-rules", base_url=server.url, api_key_env="PR_TEST_KEY",
                               retry_initial=0.01, retry_max=0.05)
         summary = iterate(
@@ -53,7 +54,7 @@ def test_the_example_runs_the_whole_loop_with_the_longreward_recipe(lake):
             trainer=TrainerSettings(epochs=1, accumulate_grad_batches=1, accelerator="cpu", devices=1,
                                     precision="32-true", loggers=("csv",), progress_bar=False),
             report=False, lake=str(lake.root))
-        policy_prompts = server.asked("other")
+        other = server.asked("other")
     assert summary.height >= 2
     runs = {(r["stage"], r["reward"] or ""): json.loads(r["metrics"])
             for r in lake.sql("SELECT stage, reward, metrics FROM runs WHERE iteration = 1").to_dicts()}
@@ -68,4 +69,4 @@ def test_the_example_runs_the_whole_loop_with_the_longreward_recipe(lake):
     differ = lake.sql("SELECT count(*) FROM (SELECT question_id FROM scores WHERE reward = 'longreward' "
                       "GROUP BY 1 HAVING max(score) > min(score))").item()
     assert runs[("select", "")]["pairs"] == differ
-    assert not policy_prompts  # the policy is the tiny model in-process; the server only judged
+    assert other and all("numbered statement" in p for p in other)  # besides LongReward, only the proxy judge

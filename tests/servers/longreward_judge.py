@@ -1,7 +1,7 @@
 """A rule-based LongReward judge: a real OpenAI-compatible HTTP server on 127.0.0.1 (the plumbing, faults and
 logs of `JudgeServer`) that answers each LongReward step by rule, as an exact judge would:
 
-- helpfulness, logicality: a fixed rating per dimension;
+- helpfulness, logicality: a fixed rating per dimension (or a test's function of the response);
 - factual statements: the sentences of the response;
 - support of a statement: Fully supported when one of the passages shown contains it (case and spacing aside),
   else No support; with no passages (no context), Fully supported when it is in `knowledge`;
@@ -43,7 +43,7 @@ def sentences(text: str) -> list[str]:
 
 
 class LongRewardJudgeServer(JudgeServer):
-    def __init__(self, ratings: dict[str, int] | None = None, knowledge: set[str] = frozenset(), **kw):
+    def __init__(self, ratings: dict | None = None, knowledge: set[str] = frozenset(), **kw):
         super().__init__(**kw)
         self.ratings = {"helpfulness": 7, "logicality": 7, "completeness": 7, **(ratings or {})}
         self.knowledge = {norm(s) for s in knowledge}
@@ -63,6 +63,8 @@ class LongRewardJudgeServer(JudgeServer):
         logprobs = body.get("logprobs") not in (None, False)
         if step in ("helpfulness", "logicality", "completeness"):
             rating = self.ratings[step] if step != "completeness" else self._coverage(block)
+            if callable(rating):  # a rule of the test's own, on the response
+                rating = rating(block["response"])
             if logprobs:
                 return str(round(rating)), _logprobs([(str(round(rating)), -0.05), ("0", -4.0)])
             if as_json:
