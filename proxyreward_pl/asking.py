@@ -17,6 +17,7 @@ from .engines import Engine, Request, Result
 from .errors import ProxyRewardError
 from .identity import weights_digest
 from .lake import Lake
+from .policy_prompt import sampling_prompts
 from .rewards.parsing import ParseError
 from .settings import EngineSettings, TinySettings
 
@@ -160,14 +161,17 @@ def sample(engine, questions: list[dict], *, iteration: int, k: int, temperature
            max_new_tokens: int, seed: int, adapter: str | None, policy: str, label: str,
            first_index: int = 0) -> tuple[list[dict], dict]:
     """k answers to every question: rollout rows (in question order, `sample_index` counting from
-    `first_index`; -1 marks evaluation's extra greedy answer) and token counts."""
-    requests = [Request([{"role": "user", "content": q["text"]}], max_tokens=max_new_tokens, temperature=temperature,
-                        top_p=top_p, n=k, adapter=adapter, adapter_version=policy if adapter else None,
+    `first_index`; -1 marks evaluation's extra greedy answer) and token counts. The prompt is the question, or
+    its context and the question (`policy_prompt`), cut to fit the engine's max_model_len."""
+    texts, truncated = sampling_prompts(questions, engine.settings, max_new_tokens)
+    requests = [Request([{"role": "user", "content": texts[q["question_id"]]}], max_tokens=max_new_tokens,
+                        temperature=temperature, top_p=top_p, n=k, adapter=adapter,
+                        adapter_version=policy if adapter else None,
                         seed=seed * 1_000_003 + zlib.crc32(q["question_id"].encode()), tag=q["question_id"])
                 for q in questions]
     got: dict[str, Result] = {}
     progress = Progress(len(requests), label)
-    tokens = {"generated": 0, "sent": 0, "cached": 0}
+    tokens = {"generated": 0, "sent": 0, "cached": 0, "truncated_prompts": truncated}
     t0 = time.perf_counter()
 
     def on_result(res: Result) -> bool:

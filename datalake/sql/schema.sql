@@ -58,6 +58,7 @@ CREATE TABLE scores (
     status      VARCHAR NOT NULL CHECK (status IN ('ok', 'failed')),
     judge       VARCHAR,                 -- engine:model|mode that produced it
     detail      VARCHAR,                 -- the failure's reason, or the judge's rationale
+    prompt_hash VARCHAR,                 -- hash(es) of the prompt template(s) behind it, '+'-joined (LongReward)
     PRIMARY KEY (iteration, rollout_id, reward)
 );
 
