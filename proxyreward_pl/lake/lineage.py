@@ -32,7 +32,9 @@ from .store import Lake
 
 LOOP_STAGES = ("rollout", "score", "select", "train", "evaluate")
 REWARD_TEMPLATES = {"proxy": ("proxy_judge",), "llm_judge": ("llm_judge",), "length": (),
-                    "longreward": ("helpfulness", "logicality", "faithfulness", "completeness")}
+                    "longreward": ("helpfulness", "logicality", "faithfulness_statements", "faithfulness_support",
+                                   "completeness_extract", "completeness")}
+POLICY_TEMPLATES = ("policy",)  # how a question (and its context) is put to the policy
 SELECTION_COLUMNS = ("question_id", "chosen_rollout_id", "rejected_rollout_id", "chosen_score", "rejected_score",
                      "score_variance")
 
@@ -129,6 +131,7 @@ def inputs(lake: Lake, key: Key, config: dict) -> dict[str, str]:
         out["policy"] = policy_identity(lake, n - 1, _base_of(config, "policy"))
         out["questions"] = rows_digest(lake, "SELECT question_id, text, context FROM meta_questions "
                                              "WHERE split = 'train'")
+        out["prompts"] = templates_identity(POLICY_TEMPLATES)
     elif key.stage == "score" and key.reward != "length":
         out["statements"] = rows_digest(lake, "SELECT * FROM proxy_questions WHERE question_id IN "
                                               "(SELECT question_id FROM rollouts WHERE iteration = ?)", [n])
@@ -139,12 +142,13 @@ def inputs(lake: Lake, key: Key, config: dict) -> dict[str, str]:
         out["policy"] = policy_identity(lake, n - 1, _base_of(config, "model"))
         out["base"] = model_identity(_base_of(config, "model"))
         out["sql"] = sql_identity("train_pairs")
+        out["prompts"] = templates_identity(POLICY_TEMPLATES)
     elif key.stage == "evaluate":
         out["policy"] = policy_identity(lake, n, _base_of(config, "policy"))
         out["questions"] = rows_digest(lake, "SELECT q.question_id, q.text, q.context, s.statement_id, s.statement, "
                                              "s.answer FROM meta_questions q LEFT JOIN proxy_questions s "
                                              "USING (question_id) WHERE q.split = 'eval'")
-        out["prompts"] = templates_identity(REWARD_TEMPLATES["proxy"])
+        out["prompts"] = templates_identity(REWARD_TEMPLATES["proxy"] + POLICY_TEMPLATES)
     return out
 
 

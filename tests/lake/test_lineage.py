@@ -97,3 +97,10 @@ def test_check_finds_policies_without_runs_and_passes_a_sound_lake(seeded_lake):
     (stray / "adapter_config.json").write_text(json.dumps({}))
     proc = run_cli("lake", "check", lake=seeded_lake.root)
     assert proc.returncode == 1 and f"{stray}: no finished train run published it" in proc.stdout
+
+
+def test_lineage_knows_every_template_a_reward_is_judged_with():
+    from proxyreward_pl.lake.lineage import REWARD_TEMPLATES
+    from proxyreward_pl.longreward_judging import TEMPLATES
+
+    assert set(REWARD_TEMPLATES["longreward"]) == {t for names in TEMPLATES.values() for t in names}
