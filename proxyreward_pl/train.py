@@ -16,7 +16,7 @@ from pathlib import Path
 
 import polars as pl
 
-from . import tiny as tiny_models
+from . import models
 from .errors import ProxyRewardError
 from .lake import Lake
 from .lake.runs import record_run
@@ -82,7 +82,7 @@ def train_iteration(lake: Lake, iteration: int, settings: TrainingSettings, tiny
     from .training.pairs import write_pairs
 
     rows = _pair_rows(lake, iteration) if is_rank_zero() else []
-    model = dataclasses.replace(settings.model, path=tiny_models.resolve(settings.model.path, tiny))
+    model = dataclasses.replace(settings.model, path=models.resolve(settings.model.path, tiny))
     if init_from_previous and iteration > 1 and not model.init_adapter:
         previous = lake.adapter_dir(iteration - 1)
         if not (previous / "adapter_config.json").exists():
@@ -137,7 +137,7 @@ def train(
 
     Args:
         iteration: whose pairs to train on; the adapter becomes the policy of iteration N.
-        model: base weights (`tiny` = the offline tiny model) and, optionally, an adapter to start from.
+        model: base weights (`tiny`, `smollm2`: the named offline models) and, optionally, an adapter to start from.
         lora: the adapter's shape.
         dpo: loss and reference (precomputed: stored in `pairs` from the policy before training).
         optim: AdamW and schedule.

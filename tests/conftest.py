@@ -1,4 +1,5 @@
-"""Fixtures only: a fresh lake per test, a seeded lake, the offline tiny model built once per cache."""
+"""Fixtures only: a fresh lake per test, a seeded lake, the offline tiny model built once per cache, SmolLM2
+converted once per cache."""
 
 from __future__ import annotations
 
@@ -32,3 +33,11 @@ def seeded_lake(lake) -> Lake:
 def tiny_model_path() -> Path:
     """The default tiny model (configs/tiny.yaml), built once and cached under .cache/."""
     return tiny.cached(TinySettings())
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    """SmolLM2-135M-Instruct converted from the packaged GGUF, once, under .cache/."""
+    from proxyreward_pl import smollm2
+
+    return smollm2.cached()
