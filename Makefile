@@ -54,9 +54,11 @@ iterate: setup
 closedworld: setup
 	$(BIN)/proxyreward closedworld run --config configs/closedworld.yaml $(CLOSEDWORLD_ARGS)
 
-# DPO throughput and peak memory against TRL's DPOTrainer (prints ratios); `--gpu` on a GPU box.
+# DPO throughput and peak memory against TRL's DPOTrainer (prints ratios), on the tiny model and on SmolLM2-135M
+# (real weights); `python benchmarks/bench_dpo.py --gpu` on a GPU box.
+BENCH_DPO_MODELS ?= tiny smollm2
 bench-dpo: setup
-	$(BIN)/python benchmarks/bench_dpo.py $(BENCH_ARGS)
+	for model in $(BENCH_DPO_MODELS); do $(BIN)/python benchmarks/bench_dpo.py --model $$model $(BENCH_ARGS) || exit 1; done
 
 # Judge client requests/s against a local server with injected latency (ratio to C/L, speed-up over serial).
 bench-judge: setup
