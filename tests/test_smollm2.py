@@ -104,8 +104,9 @@ def test_a_killed_conversion_leaves_no_model_and_the_next_one_finishes(tmp_path)
 
 # -- the whole loop on real weights ------------------------------------------------------------------------
 TRAIN_QUESTIONS, EVAL_QUESTIONS, STATEMENTS, K = 3, 2, 6, 4
-SMALL = ("--config", "configs/smollm2.yaml", "--sampling.k", str(K), "--sampling.max_new_tokens", "64",
-         "--evaluation.max_new_tokens", "64")
+STAGES = (["rollout", "--sampling.k", str(K), "--sampling.max_new_tokens", "64"], ["score"],
+          ["select", "--selection.top_fraction", "1.0"], ["train", "--merged", "true"],
+          ["evaluate", "--evaluation.max_new_tokens", "64"])
 WORD = re.compile(r"[a-z]{4,}")
 
 
@@ -129,9 +130,9 @@ def test_smollm2_through_the_loop(tmp_path, smollm2_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     lake = small_lake(tmp_path / "lake")
-    for stage in (["rollout"], ["score"], ["select", "--selection.top_fraction", "1.0"], ["train", "--merged", "true"],
-                  ["evaluate"]):
-        run_cli(*stage, "--iteration", "1", *SMALL, lake=lake.root, check=True, timeout=1200)
+    for stage in STAGES:
+        run_cli(*stage, "--iteration", "1", "--config", "configs/smollm2.yaml", lake=lake.root, check=True,
+                timeout=1200)
 
     rollouts = lake.read("rollouts", 1).to_dicts()
     assert len(rollouts) == TRAIN_QUESTIONS * K
