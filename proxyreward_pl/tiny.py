@@ -193,11 +193,6 @@ def config_hash(config: TinySettings) -> str:
     return h.hexdigest()[:12]
 
 
-def resolve(path: str, config: TinySettings) -> str:
-    """A model path as configured: `tiny` (or empty) means the tiny model of `config`, built once and cached."""
-    return str(cached(config)) if path in ("", "tiny") else path
-
-
 def cached(config: TinySettings = TinySettings(), cache_dir: Path | None = None) -> Path:
     """The tiny model for `config`, built once and reused (keyed by config and corpus)."""
     path = (cache_dir or CACHE_DIR / "tiny-models") / config_hash(config)

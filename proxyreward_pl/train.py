@@ -26,7 +26,7 @@ from pathlib import Path
 import polars as pl
 import yaml
 
-from . import tiny as tiny_models
+from . import models
 from .errors import ProxyRewardError
 from .lake import Lake
 from .lake.runs import record_run
@@ -152,7 +152,7 @@ def train_iteration(lake: Lake, iteration: int, settings: TrainingSettings, tiny
     from .training.pairs import write_pairs
 
     rows = [] if publish_only else _pair_rows(lake, iteration)  # bad input fails before anything is written
-    model = dataclasses.replace(settings.model, path=tiny_models.resolve(settings.model.path, tiny))
+    model = dataclasses.replace(settings.model, path=models.resolve(settings.model.path, tiny))
     settings = dataclasses.replace(settings, model=model)
     if init_from_previous and iteration > 1 and not model.init_adapter:
         settings = _start_from_previous(lake, iteration, settings)
@@ -222,7 +222,7 @@ def train(
 
     Args:
         iteration: whose pairs to train on; the adapter becomes the policy of iteration N.
-        model: base weights (`tiny` = the offline tiny model) and, optionally, an adapter to start from.
+        model: base weights (`tiny`, `smollm2`: the named offline models) and, optionally, an adapter to start from.
         lora: the adapter's shape (enabled false: full fine-tuning; the model lands in <lake>/models/iteration=N).
         dpo: loss and reference (precomputed: stored in `pairs` from the policy before training).
         optim: AdamW and schedule.

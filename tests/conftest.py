@@ -1,4 +1,5 @@
-"""Fixtures only: a fresh lake per test, a seeded lake, the offline tiny model built once per cache."""
+"""Fixtures only: a fresh lake per test, a seeded lake, the offline tiny model built once per cache, SmolLM2
+converted once per cache."""
 
 from __future__ import annotations
 
@@ -45,3 +46,11 @@ def pipeline_lake(tmp_path_factory) -> Path:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (root / "iterate.out").write_text(proc.stdout)
     return root
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    """SmolLM2-135M-Instruct converted from the packaged GGUF, once, under .cache/."""
+    from proxyreward_pl import smollm2
+
+    return smollm2.cached()
