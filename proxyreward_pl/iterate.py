@@ -2,8 +2,8 @@
 
 Iteration 0 evaluates the base model; each iteration N then runs rollout -> score -> select -> train ->
 evaluate, every stage recorded in `runs`. The proxy reward is always scored (it is what eval reports); a
-selection by another reward (llm_judge, longreward, length) scores that one too. After each evaluation the
-loop checks itself for degeneration (`analysis/health.sql`) and warns. A re-run after a crash starts at the
+selection by another reward (llm_judge, longreward, length), or a conflict filter by one, scores that one too.
+After each evaluation the loop checks itself for degeneration (`analysis/health.sql`) and warns. A re-run after a crash starts at the
 first stage that has no finished run and redoes nothing finished. A lock refuses a second concurrent
 `iterate` on the same lake. Engines are shared between the stages of one run (one vLLM start, not one per
 stage). This module sits above the stages: it is the only one that calls them.
@@ -118,13 +118,13 @@ def plan(s: LoopSettings, iterations: int) -> list[Step]:
     def score(n: int, reward: str) -> Step:
         return Step(n, "score", lambda lk: score_stage(n, reward, s.judge, s.tiny, str(lk.root)), reward)
 
-    family = reward_family(s.selection.reward)
+    wanted = [s.selection.reward] + ([s.selection.conflict_reward] if s.selection.conflict_reward else [])
+    families = list(dict.fromkeys(f for f in map(reward_family, wanted) if f != "proxy"))
     steps = [evaluate(0)]
     for n in range(1, iterations + 1):
         steps += [Step(n, "rollout", lambda lk, n=n: rollout_stage(n, s.policy, s.sampling, s.tiny, str(lk.root))),
                   score(n, "proxy")]
-        if family != "proxy":
-            steps.append(score(n, family))
+        steps += [score(n, family) for family in families]
         steps += [Step(n, "select", lambda lk, n=n: select_stage(n, s.selection, str(lk.root))),
                   Step(n, "train", lambda lk, n=n: train_iteration(lk, n, s.training, s.tiny)),
                   evaluate(n)]
