@@ -2,11 +2,11 @@
 
 Iteration 0 evaluates the base model; each iteration N then runs rollout -> score -> select -> train ->
 evaluate, every stage recorded in `runs`. The proxy reward is always scored (it is what eval reports); a
-selection by another reward (llm_judge, longreward, length), or a conflict filter by one, scores that one too.
-After each evaluation the loop checks itself for degeneration (`analysis/health.sql`) and warns. A re-run after a crash starts at the
-first stage that has no finished run and redoes nothing finished. A lock refuses a second concurrent
-`iterate` on the same lake. Engines are shared between the stages of one run (one vLLM start, not one per
-stage). This module sits above the stages: it is the only one that calls them.
+selection by another reward (llm_judge, longreward, length), or a conflict filter by one, scores that one
+too. After each evaluation the loop checks itself for degeneration (`analysis/health.sql`) and warns. A re-run
+after a crash starts at the first stage that has no finished run and redoes nothing finished. A lock refuses
+a second concurrent `iterate` on the same lake. Engines are shared between the stages of one run (one vLLM
+start, not one per stage). This module sits above the stages: it is the only one that calls them.
 """
 
 from __future__ import annotations

@@ -52,8 +52,8 @@ def score(
 
     Args:
         iteration: whose rollouts to judge.
-        reward: proxy (proxy_accuracy and proxy_precision), llm_judge, longreward (and its four dimensions), or
-            length (no judge: the answer's token count, a baseline).
+        reward: proxy (proxy_accuracy, proxy_precision, proxy_weighted_accuracy), llm_judge, longreward (and its
+            four dimensions), or length (no judge: the answer's token count, a baseline).
         judge: the judge engine and how it is asked (--judge.engine, --judge.model, --judge.base_url,
             --judge.api_key_env, --judge.max_concurrency, --judge.mode, ...).
         tiny: the tiny model, when judge.model is `tiny`.
@@ -103,12 +103,12 @@ def score(
         frame = pl.DataFrame(scores)
         summary = frame.group_by("reward").agg(pl.col("score").mean().alias("mean"),
                                                (pl.col("status") == "failed").sum().alias("failed")).sort("reward")
-        metrics.update(rollouts=len(rollouts), requests=len(asked), sent=tokens.sent, cached=tokens.cached,
-                       prompt_tokens=tokens.prompt, completion_tokens=tokens.completion, judge=name,
+        metrics.update(rollouts=len(rollouts), requests=len(asked), **tokens.metrics(), judge=name,
                        scores={r["reward"]: {"mean": r["mean"], "failed": r["failed"]} for r in summary.to_dicts()})
     for row in summary.to_dicts():
         mean = "n/a" if row["mean"] is None else f"{row['mean']:.3f}"
         print(f"iteration {iteration}: {row['reward']} mean {mean}, {row['failed']} failed")
     print(f"{len(asked)} judge requests: {tokens.sent} sent, {tokens.cached} from cache; "
-          f"{tokens.prompt} prompt + {tokens.completion} completion tokens")
+          f"{tokens.prompt} prompt tokens ({tokens.prefilled} prefilled, {tokens.prompt_cached} from the prefix "
+          f"cache) + {tokens.completion} completion tokens")
     return dict(metrics)

@@ -352,7 +352,7 @@ class TinySettings:
     num_kv_heads: int = 2
     max_position_embeddings: int = 2048
     warmup_steps: int = 160
-    """Steps of LM training on the bundled dataset as chat answers (0: random weights)."""
+    """Steps of LM training on the bundled dataset's train questions as chat answers (0: random weights)."""
     warmup_batch_size: int = 8
     warmup_max_tokens: int = 256
     """Warm-up examples are cut to this many tokens."""
@@ -360,8 +360,8 @@ class TinySettings:
     seed: int = 0
     corpus: str | None = None
     """A JSONL file of chat dialogues ({"messages": [...]} per line) that the tokenizer learns from and the
-    warm-up trains on (e.g. a closed world's corpus); None: the bundled dataset, answered by its true
-    statements."""
+    warm-up trains on (e.g. a closed world's corpus); None: the bundled dataset's train questions, answered by
+    their true statements (eval questions and statements stay unseen)."""
 
     def __post_init__(self):
         _at_least(self, ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
@@ -393,6 +393,9 @@ class GenerationSettings:
     near_duplicate: float = 0.7
     """Two questions whose content-word sets overlap this much (Jaccard) count as one; above 1: never."""
     max_requests_per_domain: int = 6
+    weights: bool = False
+    """Ask for each statement's importance (3 essential, 2 important, 1 optional; Rubrics as Rewards) and store
+    it as the statement's weight (proxy_weighted_accuracy); False: every weight is 1."""
     temperature: float = 0.8
     max_tokens: int = 2048
     seed: int = 0

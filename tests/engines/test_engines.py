@@ -39,6 +39,63 @@ def test_hf_choice_scores_equal_a_naive_forward(tiny_model_path):
         assert scores[c] == pytest.approx(naive_choice_logprob(tiny_model_path, MESSAGES, c), abs=1e-4), c
 
 
+def test_prefix_groups_on_literal_sequences():
+    from proxyreward_pl.engines.prefix import prefix_groups
+
+    a = [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    seqs = [a + [10], [7, 7], a + [11, 12], a[:4] + [0, 0, 0, 0, 0, 0], a + [13]]
+    groups = prefix_groups(seqs)
+    # the three that share 9 tokens form one group; the one sharing 4 of 10 (< half) and the stranger stand alone
+    assert sorted((p, sorted(m)) for p, m in groups) == [(2, [1]), (9, [0, 2, 4]), (10, [3])]
+    # a limit keeps the tokens a member must compute itself (its last prompt token) out of the shared prefix
+    groups = prefix_groups(seqs, limits=[len(s) - 1 for s in seqs])
+    assert (9, [0, 2, 4]) in [(p, sorted(m)) for p, m in groups]
+    groups = prefix_groups([a + [10], a + [11]], limits=[5, 9])
+    assert groups == [(5, [0, 1])]
+
+
+def judge_requests(n_responses: int = 3, n_statements: int = 5) -> list[Request]:
+    from proxyreward_pl import prompts
+    from proxyreward_pl.dataset import seed_records
+
+    out = []
+    for j, r in enumerate([r for r in seed_records() if r.split == "train"][:n_responses]):
+        response = " ".join(s for s, a in r.statements if a)[: 150 * (j + 1)]
+        for statement, _ in r.statements[:n_statements]:
+            text = prompts.render("proxy_judge", question=r.text, response=response, statements=[statement],
+                                  answer_format="single")
+            out.append(Request([{"role": "user", "content": text}], max_tokens=1, choices=("True", "False", "Unknown")))
+    return out
+
+
+def test_hf_shared_prefix_gives_the_numbers_of_whole_prompts(tiny_model_path):
+    """The statements of a response share their prompt up to the statement: computed once, its KV cache reused by
+    every statement, the log-probs equal those of each prompt read whole (and of a naive forward)."""
+    requests = judge_requests() + [Request(MESSAGES, choices=("True", "unknown answer", "10"))]
+    results = {}
+    for sharing in (False, True):
+        engine = make_engine(EngineSettings(engine="hf", model=str(tiny_model_path), batch_size=8,
+                                            prefix_sharing=sharing))
+        got = []
+        engine.run(requests, got.append)
+        results[sharing] = {id(r.request): r for r in got}
+    for req in requests:
+        whole, shared = results[False][id(req)], results[True][id(req)]
+        assert whole.ok and shared.ok and whole.prompt_tokens == shared.prompt_tokens
+        for c in req.choices:
+            assert shared.choice_logprobs[c] == pytest.approx(whole.choice_logprobs[c], abs=1e-4), c
+    for req in (requests[0], requests[-1]):
+        for c in req.choices:
+            assert results[True][id(req)].choice_logprobs[c] == pytest.approx(
+                naive_choice_logprob(tiny_model_path, req.messages, c), abs=1e-4)
+    # three responses of five statements: each group pays its prefix once and serves it four times from the cache
+    assert sum(r.cached_prompt_tokens for r in results[False].values()) == 0
+    cached = [r.cached_prompt_tokens for r in results[True].values()]
+    assert sum(c > 0 for c in cached) == 3 * 4
+    prompt = sum(r.prompt_tokens for r in results[True].values())
+    assert sum(cached) > 0.6 * prompt, "most of the prompt tokens come from the shared prefixes"
+
+
 def test_hf_sampling_and_the_cache(tiny_model_path, tmp_path):
     settings = EngineSettings(engine="hf", model=str(tiny_model_path))
     engine = make_engine(settings, cache_path=tmp_path / "cache.sqlite")
