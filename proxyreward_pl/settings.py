@@ -220,6 +220,9 @@ class EngineSettings:
     max_model_len: int = 2048
     gpu_memory_utilization: float | None = None
     """vLLM's memory share (on CPU: of the NUMA node, for the KV cache); None: 0.9 on GPU, 0.1 on CPU."""
+    block_size: int | None = None
+    """vLLM's KV-cache block size in tokens; None: vLLM's default (128 on CPU). The prefix cache serves whole
+    blocks only, so smaller blocks serve more of a shared prefix (configs/tiny.yaml's judge: 32)."""
     tensor_parallel_size: int = 1
     enable_lora: bool = False
     """vLLM: start with LoRA support, so one engine serves every iteration's adapter (a policy's setting; choice
@@ -231,7 +234,7 @@ class EngineSettings:
     seed: int = 0
 
     def __post_init__(self):
-        _at_least(self, ("max_concurrency", "batch_size", "max_model_len", "tensor_parallel_size"), 1)
+        _at_least(self, ("max_concurrency", "batch_size", "max_model_len", "tensor_parallel_size", "block_size"), 1)
         _at_least(self, ("max_retries",), 0)
         _check(self.timeout > 0, "timeout", f"must be > 0 seconds, got {self.timeout}")
         _check(0 < self.retry_initial <= self.retry_max, "retry_initial",

@@ -53,7 +53,8 @@ class VLLMEngine(Engine):
             self._llm = LLM(model=s.model, dtype=dtype, max_model_len=s.max_model_len, seed=s.seed,
                             gpu_memory_utilization=util, tensor_parallel_size=s.tensor_parallel_size,
                             enable_lora=lora, max_lora_rank=64 if lora else None, enforce_eager=not on_gpu,
-                            enable_prefix_caching=s.prefix_sharing)
+                            enable_prefix_caching=s.prefix_sharing,
+                            **({"block_size": s.block_size} if s.block_size else {}))
         return self._llm
 
     def _lora(self, adapter: tuple):
