@@ -1,7 +1,7 @@
 """Judge throughput, in one run: the client against a local server, and the logprob judge's prefix sharing.
 
     python benchmarks/bench_judge.py [--latency 0.2] [--concurrency 32] [--requests 512]   (make bench-judge)
-        [--responses 16] [--statements 15] [--engines hf,vllm]
+        [--responses 16] [--statements 15] [--engines hf,vllm] [--rounds 2] [--threads N]
 
 Client: the server (tests/servers/judge.py, on 127.0.0.1) sleeps `latency` seconds per request; the ideal rate
 at concurrency C is C / latency. Prints the achieved requests/s, its ratio to C/L, and the speed-up over a
@@ -96,8 +96,10 @@ def prefix_sharing(responses: int, statements: int, engines: list[str], rounds: 
             finally:
                 engine.release()
             rows[(kind, sharing)] = best
+    import torch
+
     print(f"prefix sharing: tiny model as logprob judge, {responses} responses x {statements} statements, "
-          f"best of {rounds} rounds")
+          f"best of {rounds} rounds (HF on {torch.get_num_threads()} torch threads)")
     for kind in engines:
         for sharing in (False, True):
             rate, prefilled, cached = rows[(kind, sharing)]
@@ -115,7 +117,13 @@ def main() -> None:
     ap.add_argument("--statements", type=int, default=15, help="prefix sharing: statements per response")
     ap.add_argument("--engines", default="hf,vllm", help="prefix sharing: engines, comma-separated ('' skips it)")
     ap.add_argument("--rounds", type=int, default=2, help="prefix sharing: rounds per engine (the best counts)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="prefix sharing: torch threads of the HF engine (default: torch's; 1 steadies a busy machine)")
     args = ap.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     engines = [e for e in args.engines.split(",") if e]
     if "vllm" in engines and importlib.util.find_spec("vllm") is None:
         engines.remove("vllm")

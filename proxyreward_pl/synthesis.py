@@ -340,7 +340,7 @@ def generate(
         verify: ask every surviving statement again, closed-book against its question, and drop those whose
             answer disagrees (counted as statements_failing_verification).
         verifier: the model that checks (--verifier.engine, --verifier.model, ...; default: the generator);
-            giving one implies --verify.
+            giving one implies --verify true.
         tiny: the tiny model, when generator.model is `tiny`.
         lake: lake root (default: PROXYREWARD_LAKE or the repository's datalake/).
     """
