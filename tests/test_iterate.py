@@ -23,8 +23,13 @@ SMALL = ["--config", "configs/tiny.yaml", "--policy.engine", "hf", "--judge.engi
          "--evaluation.max_new_tokens", "24", "--trainer.epochs", "1", "--data.max_length", "256"]
 
 
-def iterate_cmd(lake: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "proxyreward_pl", "iterate", *SMALL, "--lake", str(lake), *extra]
+def iterate_cmd(lake: Path, judge_url: str, *extra: str) -> list[str]:
+    """The small loop, judged over HTTP by a fixture judge that reads the response: the tiny model as judge
+    barely does (its verdicts follow the statement, not the answer), so whether its scores vary within a
+    question, and the loop finds pairs, would be luck of its build."""
+    judge = ["--judge.engine", "openai", "--judge.model", "judge", "--judge.base_url", judge_url,
+             "--judge.mode", "logprob", "--judge.timeout", "10"]
+    return [sys.executable, "-m", "proxyreward_pl", "iterate", *SMALL, *judge, "--lake", str(lake), *extra]
 
 
 def table_counts(lake: Lake) -> dict:
@@ -32,10 +37,20 @@ def table_counts(lake: Lake) -> dict:
 
 
 @pytest.fixture(scope="session")
-def pipeline_lake(tmp_path_factory) -> Path:
+def pipeline_judge():
+    """Decides a statement (from its truth) when the answer shares two of its words, else Unknown."""
+    from tests.helpers import truth
+    from tests.servers.judge import JudgeServer
+
+    with JudgeServer(truth=truth(), min_shared_words=2) as server:
+        yield server.url
+
+
+@pytest.fixture(scope="session")
+def pipeline_lake(tmp_path_factory, pipeline_judge) -> Path:
     """A lake made by `proxyreward iterate` (2 iterations) on the tiny model, shared by the tests below."""
     root = tmp_path_factory.mktemp("pipeline") / "lake"
-    proc = subprocess.run(iterate_cmd(root), cwd=REPO, capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run(iterate_cmd(root, pipeline_judge), cwd=REPO, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (root / "iterate.out").write_text(proc.stdout)
     return root
@@ -107,10 +122,10 @@ def test_pairs_beat_their_rejected_answer_and_are_the_selection_recomputed(pipel
     assert mismatch.is_empty()
 
 
-def test_a_rerun_redoes_nothing(pipeline_lake):
+def test_a_rerun_redoes_nothing(pipeline_lake, pipeline_judge):
     before = table_counts(Lake(pipeline_lake))
-    proc = subprocess.run(iterate_cmd(pipeline_lake, "--report", "false"), cwd=REPO, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(iterate_cmd(pipeline_lake, pipeline_judge, "--report", "false"), cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("done earlier, skipped") == 11
     assert table_counts(Lake(pipeline_lake)) == before
@@ -146,17 +161,17 @@ def test_notebooks_run_on_the_pipeline_lake(pipeline_lake):
 
 
 @pytest.mark.slow
-def test_sigkill_at_any_point_then_rerun_matches_an_uninterrupted_run(pipeline_lake, tmp_path):
+def test_sigkill_at_any_point_then_rerun_matches_an_uninterrupted_run(pipeline_lake, pipeline_judge, tmp_path):
     expected = table_counts(Lake(pipeline_lake))
     lake = tmp_path / "lake"
     for delay in (9, 13):  # kill twice, at different stages (each run resumes the last), then let it finish
-        proc = subprocess.Popen(iterate_cmd(lake, "--report", "false"), cwd=REPO, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(iterate_cmd(lake, pipeline_judge, "--report", "false"), cwd=REPO,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    proc = subprocess.run(iterate_cmd(lake, "--report", "false"), cwd=REPO, capture_output=True, text=True,
-                          timeout=1200)
+    proc = subprocess.run(iterate_cmd(lake, pipeline_judge, "--report", "false"), cwd=REPO, capture_output=True,
+                          text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = table_counts(Lake(lake))
     assert {k: v for k, v in got.items() if k[0] != "runs"} == {k: v for k, v in expected.items() if k[0] != "runs"}

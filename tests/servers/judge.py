@@ -29,7 +29,7 @@ class JudgeServer:
     def __init__(self, truth: dict[str, bool] | None = None, fault_rate: float = 0.0,
                  faults: tuple[str, ...] = FAULTS, latency: float = 0.0, slow_seconds: float = 3.0,
                  seed: int = 0, rating: int = 7, mention_rule: bool = False,
-                 logprobs: dict[str, dict[str, float]] | None = None):
+                 logprobs: dict[str, dict[str, float]] | None = None, min_shared_words: int | None = None):
         self.truth = truth or {}
         self.logprobs = logprobs or {}  # statement -> the top log-probs a single-statement request gets
         self.fault_rate, self.faults, self.latency, self.slow_seconds = fault_rate, faults, latency, slow_seconds
@@ -37,6 +37,8 @@ class JudgeServer:
         self._next_fault = 0  # faults are drawn at `fault_rate`, their kinds taken in turn
         self.rating = rating
         self.mention_rule = mention_rule  # decide a statement True only if the response contains it verbatim
+        # decide a statement only if the response shares this many of its words (4+ letters), else Unknown
+        self.min_shared_words = min_shared_words
         self.lock = threading.Lock()
         self.log: list[dict] = []  # one entry per request received: {"prompt_hash", "fault"}
         self.in_flight = self.max_in_flight = 0
@@ -152,6 +154,8 @@ class JudgeServer:
             return "Unknown"
         if self.mention_rule and statement.lower() not in response.lower():
             return "Unknown"
+        if self.min_shared_words is not None and len(_words(statement) & _words(response)) < self.min_shared_words:
+            return "Unknown"
         return "True" if self.truth[statement] else "False"
 
     def _answer(self, prompt: str, body: dict, fault: str | None) -> tuple[str, dict | None]:
@@ -191,6 +195,10 @@ class JudgeServer:
 
     def requests_for(self, prompt_hashes: set[str]) -> int:
         return sum(e["prompt_hash"] in prompt_hashes for e in self.log)
+
+
+def _words(text: str) -> set[str]:
+    return {w for w in re.findall(r"[a-z]+", text.lower()) if len(w) > 3}
 
 
 def _common(a: list[str], b: list[str]) -> int:
