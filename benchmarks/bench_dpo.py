@@ -3,16 +3,19 @@
     python benchmarks/bench_dpo.py                # CPU: the offline tiny model   (make bench-dpo)
     python benchmarks/bench_dpo.py --gpu          # GPU: a random Qwen2.5-1.5B-shaped model, bf16, 2048-token pairs
 
-Four configurations train the same model on the same pairs with the same LoRA settings, each in a fresh
-subprocess (so peak memory is its own), one after another:
-  trl            TRL DPOTrainer with its defaults (gradient checkpointing on)
-  trl-no-ckpt    TRL with gradient checkpointing off
-  ours-otf       ours, reference = adapter disabled, on the fly
-  ours-persisted ours, reference log-probs persisted with the pairs (computed once beforehand, timed apart)
-tokens/s counts every non-pad token of chosen and rejected sequences (prompt included) per second of
-training; peak memory is the process's peak RSS (CPU) or torch's peak allocation (GPU) above its level
-once model and data were loaded. Both sides run float32 on CPU (TRL's bf16 default is switched off there,
-as our CPU precision is 32-true) and bf16 on GPU.
+Five configurations train the same model on the same pairs with the same LoRA settings, each in a fresh
+subprocess (so peak memory is its own), one after another, for 1 and for 5 epochs (the paper's):
+  trl             TRL DPOTrainer with its defaults (gradient checkpointing on)
+  trl-no-ckpt     TRL with gradient checkpointing off
+  trl-precompute  TRL, checkpointing off, `precompute_ref_log_probs=True` (reference pass at the start of each
+                  run, not persisted): the peer of our persisted reference
+  ours-otf        ours, reference = adapter disabled, on the fly
+  ours-persisted  ours, reference log-probs persisted with the pairs (one pass, before training)
+Per run: wall time per epoch *including* the reference pass (what a user waits for), and steady-state tokens/s
+(training steps only: from the first step to the end). tokens counts every non-pad token of chosen and
+rejected sequences (prompt included); peak memory is the process's peak RSS (CPU) or torch's peak allocation
+(GPU) above its level once model and data were loaded. Both sides run float32 on CPU (TRL's bf16 default is
+switched off there, as our CPU precision is 32-true) and bf16 on GPU.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-CONFIGS = ("trl", "trl-no-ckpt", "ours-otf", "ours-persisted")
+CONFIGS = ("trl", "trl-no-ckpt", "trl-precompute", "ours-otf", "ours-persisted")
 
 
 def rss_mb() -> float:
@@ -97,39 +100,46 @@ def worker(args) -> dict:
     gpu = args.gpu
     if gpu:
         torch.cuda.reset_peak_memory_stats()
-    model_path, pairs = args.model, Path(args.pairs)
+    model_path, pairs, epochs = args.model, Path(args.pairs), int(args.epochs)
     lora = dict(r=16, alpha=32)
-    result: dict = {"config": args.worker}
+    result: dict = {"config": args.worker, "epochs": epochs}
+    first_step: list[float] = []
     if args.worker.startswith("trl"):
         import trl
         from datasets import Dataset
         from peft import LoraConfig
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
         from proxyreward_pl.training.pairs import prompt_ids, read_pairs
+
+        class FirstStep(TrainerCallback):
+            def on_step_begin(self, *a, **kw):
+                if not first_step:
+                    first_step.append(time.perf_counter())
 
         tok = AutoTokenizer.from_pretrained(model_path)
         rows = [{"prompt": tok.decode(prompt_ids(tok, r["prompt"])), "chosen": r["chosen"], "rejected": r["rejected"]}
                 for r in read_pairs(pairs)]
         config = trl.DPOConfig(
             output_dir=str(Path(args.out) / args.worker), per_device_train_batch_size=args.batch_size,
-            gradient_accumulation_steps=args.accumulate, num_train_epochs=1, learning_rate=1e-5,
+            gradient_accumulation_steps=args.accumulate, num_train_epochs=epochs, learning_rate=1e-5,
             max_length=args.max_length, report_to=[], save_strategy="no", logging_steps=10_000,
             bf16=gpu, use_cpu=not gpu, gradient_checkpointing=args.worker == "trl", dataloader_num_workers=0,
+            precompute_ref_log_probs=args.worker == "trl-precompute",
         )
         peft_config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=0.0, task_type="CAUSAL_LM",
                                  target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                                  "down_proj"])
         dtype = torch.bfloat16 if gpu else torch.float32
         trainer = trl.DPOTrainer(model=AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype), args=config,
-                                 processing_class=tok, train_dataset=Dataset.from_list(rows), peft_config=peft_config)
+                                 processing_class=tok, train_dataset=Dataset.from_list(rows), peft_config=peft_config,
+                                 callbacks=[FirstStep()])
         base = torch.cuda.memory_allocated() if gpu else rss_mb()
         t0 = time.perf_counter()
-        trainer.train()
-        if gpu:
-            torch.cuda.synchronize()
-        result["seconds"] = time.perf_counter() - t0
+        trainer.train()  # with precompute_ref_log_probs, the reference pass runs in here, before the first step
     else:
+        import lightning as L
+
         from proxyreward_pl.settings import (
             DataSettings,
             DPOSettings,
@@ -141,6 +151,11 @@ def worker(args) -> dict:
         )
         from proxyreward_pl.training.core import ensure_reference, prepare_run
 
+        class FirstStep(L.Callback):
+            def on_train_batch_start(self, *a, **kw):
+                if not first_step:
+                    first_step.append(time.perf_counter())
+
         persisted = args.worker == "ours-persisted"
         settings = TrainingSettings(
             model=ModelSettings(path=model_path, dtype="bfloat16" if gpu else "float32"),
@@ -148,20 +163,22 @@ def worker(args) -> dict:
             dpo=DPOSettings(reference="precomputed" if persisted else "adapter_disabled"),
             optim=OptimSettings(lr=1e-5),
             data=DataSettings(max_length=args.max_length, batch_size=args.batch_size),
-            trainer=TrainerSettings(epochs=1, accumulate_grad_batches=args.accumulate, loggers=(), progress_bar=False,
-                                    checkpoint_every_n_steps=10**9, precision="bf16-mixed" if gpu else "32-true",
+            trainer=TrainerSettings(epochs=epochs, accumulate_grad_batches=args.accumulate, loggers=(),
+                                    progress_bar=False, checkpoint_every_n_steps=10**9,
+                                    precision="bf16-mixed" if gpu else "32-true",
                                     accelerator="gpu" if gpu else "cpu", devices=1))
-        if persisted:
-            t0 = time.perf_counter()
-            ensure_reference(pairs, settings)
-            result["reference_seconds"] = time.perf_counter() - t0
-        module, dm, trainer = prepare_run(pairs, Path(args.out) / args.worker, settings)
-        base = torch.cuda.memory_allocated() if gpu else rss_mb()
         t0 = time.perf_counter()
+        if persisted:  # once per iteration, before training; part of the wall time
+            ensure_reference(pairs, settings)
+        module, dm, trainer = prepare_run(pairs, Path(args.out) / args.worker, settings)
+        trainer.callbacks.append(FirstStep())
+        base = torch.cuda.memory_allocated() if gpu else rss_mb()
         trainer.fit(module, datamodule=dm)
-        if gpu:
-            torch.cuda.synchronize()
-        result["seconds"] = time.perf_counter() - t0
+    if gpu:
+        torch.cuda.synchronize()
+    end = time.perf_counter()
+    result["wall_seconds"] = end - t0
+    result["step_seconds"] = end - first_step[0]
     if gpu:
         result["peak_mb"] = (torch.cuda.max_memory_allocated() - base) / 2**20
     else:
@@ -185,6 +202,7 @@ def main() -> None:
     ap.add_argument("--accumulate", type=int, default=8)
     ap.add_argument("--out", default=str(REPO / ".cache" / "bench-dpo"))
     ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument("--epochs", default="1,5", help="comma-separated epoch counts; each config runs once per count")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100/H200 SXM: 989)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
@@ -212,33 +230,35 @@ def main() -> None:
     print(f"model {model.name}, {n} pairs, {tokens} tokens per epoch, batch {args.batch_size} x accumulate "
           f"{args.accumulate}, max_length {max_length}, torch threads {__import__('torch').get_num_threads()}")
 
-    results = {}
-    for config in args.configs.split(","):
-        pairs = out / f"pairs-{config}.parquet"
-        pairs.write_bytes(pairs_master.read_bytes())  # each starts without reference log-probs
-        cmd = [sys.executable, __file__, "--worker", config, "--model", str(model), "--pairs", str(pairs),
-               "--max-length", str(max_length), "--batch-size", str(args.batch_size),
-               "--accumulate", str(args.accumulate), "--out", str(out)] + (["--gpu"] if args.gpu else [])
-        proc = subprocess.run(cmd, capture_output=True, text=True,
-                              env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
-        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-        if proc.returncode or line is None:
-            print(f"{config}: failed\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-            continue
-        r = json.loads(line[len("RESULT "):])
-        r["tokens_per_s"] = tokens / r["seconds"]
-        results[config] = r
-        extra = f", reference pass {r['reference_seconds']:.1f} s (once)" if "reference_seconds" in r else ""
-        print(f"{config:>15}: {r['tokens_per_s']:8.0f} tokens/s  {r['seconds']:7.1f} s  peak +{r['peak_mb']:7.0f} MB"
-              f"{extra}")
-
-    print("\nratios (ours / TRL):")
-    for ours in ("ours-otf", "ours-persisted"):
-        for peer in ("trl", "trl-no-ckpt"):
-            if ours in results and peer in results:
-                a, b = results[ours], results[peer]
-                print(f"  {ours:>15} vs {peer:<12} tokens/s x{a['tokens_per_s'] / b['tokens_per_s']:.2f}   "
-                      f"peak memory x{a['peak_mb'] / max(b['peak_mb'], 1e-9):.2f}")
+    results: dict[str, dict] = {}
+    for epochs in (int(e) for e in args.epochs.split(",")):
+        print(f"\n{epochs} epoch(s):")
+        for config in args.configs.split(","):
+            pairs = out / f"pairs-{config}.parquet"
+            pairs.write_bytes(pairs_master.read_bytes())  # each starts without reference log-probs
+            cmd = [sys.executable, __file__, "--worker", config, "--model", str(model), "--pairs", str(pairs),
+                   "--max-length", str(max_length), "--batch-size", str(args.batch_size),
+                   "--accumulate", str(args.accumulate), "--out", str(out), "--epochs", str(epochs)]
+            proc = subprocess.run(cmd + (["--gpu"] if args.gpu else []), capture_output=True, text=True,
+                                  env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+            line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+            if proc.returncode or line is None:
+                print(f"{config}: failed\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+                continue
+            r = json.loads(line[len("RESULT "):])
+            r["tokens_per_s"] = tokens * epochs / r["step_seconds"]
+            r["wall_per_epoch"] = r["wall_seconds"] / epochs
+            results[f"{config}@{epochs}"] = r
+            print(f"{config:>16}: {r['wall_per_epoch']:7.1f} s/epoch (reference pass included)  "
+                  f"{r['tokens_per_s']:8.0f} tokens/s in steps  peak +{r['peak_mb']:7.0f} MB")
+        print(f"ratios, {epochs} epoch(s) (ours / TRL; wall per epoch: TRL / ours, higher is better for ours):")
+        for ours in ("ours-otf", "ours-persisted"):
+            for peer in ("trl", "trl-no-ckpt", "trl-precompute"):
+                a, b = results.get(f"{ours}@{epochs}"), results.get(f"{peer}@{epochs}")
+                if a and b:
+                    print(f"  {ours:>15} vs {peer:<15} wall x{b['wall_per_epoch'] / a['wall_per_epoch']:.2f}   "
+                          f"tokens/s x{a['tokens_per_s'] / b['tokens_per_s']:.2f}   "
+                          f"peak memory x{a['peak_mb'] / max(b['peak_mb'], 1e-9):.2f}")
     if args.gpu:
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM
@@ -247,7 +267,7 @@ def main() -> None:
             params = sum(p.numel() for p in AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model))
                          .parameters())
         for name, r in results.items():
-            on_the_fly = name != "ours-persisted"
+            on_the_fly = not name.startswith(("ours-persisted", "trl-precompute"))
             value = 100 * mfu(r["tokens_per_s"], params, on_the_fly, args.peak_tflops * 1e12)
             print(f"  MFU {name:>15}: {value:.1f} %")
     (out / "results.json").write_text(json.dumps(results, indent=2))

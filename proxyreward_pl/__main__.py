@@ -33,7 +33,7 @@ COMMANDS: dict[str, Any] = {
     "import": (dataset.import_dataset, ("path",)),
     "export": (dataset.export, ("table", "path")),
     "sql": (query.sql, ("query",)),
-    "lake": {"status": (query.lake_status, ())},
+    "lake": {"status": (query.lake_status, ()), "lineage": (query.lake_lineage, ()), "check": (query.lake_check, ())},
     "tiny-model": (tiny.tiny_model, ("out",)),
     "dataset": {"generate": (synthesis.generate, ()), "proxyqa": (synthesis.proxyqa, ("path",)),
                 "stats": (synthesis.stats, ())},

@@ -5,7 +5,6 @@ retries of unusable answers, progress bars and token counts."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import sys
 import time
 import zlib
@@ -16,7 +15,9 @@ from typing import Any
 from . import tiny as tiny_models
 from .engines import Engine, Request, Result
 from .errors import ProxyRewardError
+from .identity import weights_digest
 from .lake import Lake
+from .policy_prompt import sampling_prompts
 from .rewards.parsing import ParseError
 from .settings import EngineSettings, TinySettings
 
@@ -146,32 +147,44 @@ def ask(engine: Engine, asked: list[Asked], retries: int, tokens: Tokens, label:
     return outcomes
 
 
-def policy_of(lake: Lake, iteration: int, engine: EngineSettings, prefix: str = "iteration-") -> tuple[str | None, str]:
-    """(adapter to pass to the engine, policy name for the rows) of iteration N's policy (0 = base)."""
+def policy_of(lake: Lake, iteration: int, engine: EngineSettings,
+              prefix: str = "iteration-") -> tuple[EngineSettings, str | None, str]:
+    """(engine settings, adapter to pass to the engine, policy name for the rows) of iteration N's policy:
+    the base model (N = 0), the base plus N's LoRA adapter, or N's fully fine-tuned model."""
     if iteration == 0:
-        return None, f"{engine.model}+base"
+        return engine, None, f"{engine.model}+base"
+    full = lake.model_dir(iteration)
+    if (full / "config.json").exists():
+        if engine.engine == "openai":
+            raise ProxyRewardError(f"iteration {iteration}'s policy is a fully fine-tuned model ({full}); a server "
+                                   "cannot load it at run time: serve it (vllm serve that folder) and point "
+                                   "--policy.model at it, or train with LoRA")
+        return (dataclasses.replace(engine, model=str(full)), None,
+                f"{engine.model}+full:{weights_digest(full)}")
     path = lake.adapter_dir(iteration)
-    weights = path / "adapter_model.safetensors"
-    if not weights.exists():
+    if not (path / "adapter_model.safetensors").exists():
         raise ProxyRewardError(f"iteration {iteration}'s policy needs its adapter in {path}; train iteration "
                                f"{iteration} first")
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
+    digest = weights_digest(path, "adapter_model.safetensors")
     adapter = f"{prefix}{iteration}" if engine.engine == "openai" else str(path)
-    return adapter, f"{engine.model}+adapter:{digest}"
+    return engine, adapter, f"{engine.model}+adapter:{digest}"
 
 
 def sample(engine, questions: list[dict], *, iteration: int, k: int, temperature: float, top_p: float,
            max_new_tokens: int, seed: int, adapter: str | None, policy: str, label: str,
            first_index: int = 0) -> tuple[list[dict], dict]:
     """k answers to every question: rollout rows (in question order, `sample_index` counting from
-    `first_index`; -1 marks evaluation's extra greedy answer) and token counts."""
-    requests = [Request([{"role": "user", "content": q["text"]}], max_tokens=max_new_tokens, temperature=temperature,
-                        top_p=top_p, n=k, adapter=adapter, adapter_version=policy if adapter else None,
+    `first_index`; -1 marks evaluation's extra greedy answer) and token counts. The prompt is the question, or
+    its context and the question (`policy_prompt`), cut to fit the engine's max_model_len."""
+    texts, truncated = sampling_prompts(questions, engine.settings, max_new_tokens)
+    requests = [Request([{"role": "user", "content": texts[q["question_id"]]}], max_tokens=max_new_tokens,
+                        temperature=temperature, top_p=top_p, n=k, adapter=adapter,
+                        adapter_version=policy if adapter else None,
                         seed=seed * 1_000_003 + zlib.crc32(q["question_id"].encode()), tag=q["question_id"])
                 for q in questions]
     got: dict[str, Result] = {}
     progress = Progress(len(requests), label)
-    tokens = {"generated": 0, "sent": 0, "cached": 0}
+    tokens = {"generated": 0, "sent": 0, "cached": 0, "truncated_prompts": truncated}
     t0 = time.perf_counter()
 
     def on_result(res: Result) -> bool:

@@ -29,6 +29,7 @@ def evaluate(
     evaluation: EvalSettings = EvalSettings(),
     sampling: RolloutSettings = RolloutSettings(),
     tiny: TinySettings = TinySettings(),
+    force: bool = False,
     lake: str | None = None,
 ) -> dict:
     """Answer the eval meta-questions with iteration N's policy and judge the answers with the proxy judge (the
@@ -42,6 +43,7 @@ def evaluate(
             evaluation judge (evaluation.judge; default: the training judge).
         sampling: only served_adapter_prefix is read (how an OpenAI-compatible server names adapters).
         tiny: the tiny model, when a model is `tiny`.
+        force: evaluate even a stale policy (see `proxyreward lake lineage`).
         lake: lake root (default: PROXYREWARD_LAKE or the repository's datalake/).
     """
     from .dataset import ensure_seeded
@@ -51,7 +53,7 @@ def evaluate(
     policy, judge = resolve_engine(policy, tiny), resolve_engine(judge, tiny)
     eval_judge = resolve_engine(evaluation.judge, tiny) if evaluation.judge is not None else judge
     judges = [("eval", eval_judge)] + ([("training", judge)] if eval_judge != judge else [])
-    adapter, name = policy_of(lk, iteration, policy, sampling.served_adapter_prefix)
+    policy, adapter, name = policy_of(lk, iteration, policy, sampling.served_adapter_prefix)
     questions = lk.sql("SELECT question_id, text, context FROM meta_questions WHERE split = 'eval' "
                        "ORDER BY question_id").to_dicts()
     if not questions:
@@ -60,7 +62,7 @@ def evaluate(
     config = {"policy": dataclasses.asdict(policy), "judge": dataclasses.asdict(judge),
               "evaluation": dataclasses.asdict(evaluation)}
     cache = lk.root / "cache" / "engine.sqlite"
-    with record_run(lk, iteration, "evaluate", config) as metrics:
+    with record_run(lk, iteration, "evaluate", config, force=force) as metrics:
         gen = make_engine(policy, cache_path=cache)
         try:
             rows, gen_tokens = sample(gen, questions, iteration=iteration, k=evaluation.samples,
@@ -100,7 +102,7 @@ def evaluate(
                                                                                      for k, v in means.items()},
                        judge=names["eval"], training_judge=names.get("training", names["eval"]),
                        **{f"judge_{k}": v for k, v in tokens.metrics().items()},
-                       generated_tokens=gen_tokens["generated"])
+                       generated_tokens=gen_tokens["generated"], truncated_prompts=gen_tokens["truncated_prompts"])
     nan = float("nan")
     line = (f"iteration {iteration} ({name}): eval proxy accuracy {means.get('proxy_accuracy', nan):.3f}, "
             f"precision {means.get('proxy_precision', nan):.3f} over {len(questions)} questions")

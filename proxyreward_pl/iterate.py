@@ -4,8 +4,10 @@ Iteration 0 evaluates the base model; each iteration N then runs rollout -> scor
 evaluate, every stage recorded in `runs`. The proxy reward is always scored (it is what eval reports); a
 selection by another reward (llm_judge, longreward, length), or a conflict filter by one, scores that one
 too. After each evaluation the loop checks itself for degeneration (`analysis/health.sql`) and warns. A re-run
-after a crash starts at the first stage that has no finished run and redoes nothing finished. A lock refuses
-a second concurrent `iterate` on the same lake. Engines are shared between the stages of one run (one vLLM
+skips every stage whose finished run is current (`lake/lineage.py`) and redoes the others, saying why: after a
+crash, the first stage without a finished run; after a change upstream (a retrained adapter, an edited prompt
+template or selection SQL, re-imported questions), the stages built on it and everything downstream. A lock
+refuses a second concurrent `iterate` on the same lake. Engines are shared between the stages of one run (one vLLM
 start, not one per stage). This module sits above the stages: it is the only one that calls them.
 """
 
@@ -20,11 +22,11 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from .engines import shared_engines
+from .engines import hand_back_engines, shared_engines
 from .errors import ProxyRewardError
 from .evaluate import evaluate as evaluate_stage
 from .lake import Lake
-from .lake.runs import finished
+from .lake.lineage import Key, Lineage, reward_family
 from .rollout import rollout as rollout_stage
 from .score import score as score_stage
 from .select import select as select_stage
@@ -34,6 +36,7 @@ from .settings import (
     EngineSettings,
     EvalSettings,
     JudgeSettings,
+    LongRewardSettings,
     LoopSettings,
     LoraSettings,
     ModelSettings,
@@ -68,14 +71,6 @@ def iterate_lock(lake: Lake) -> Iterator[None]:
     finally:
         fcntl.flock(fh, fcntl.LOCK_UN)
         fh.close()
-
-
-def reward_family(reward: str) -> str:
-    """The `score --reward` that produces a selection reward (proxy_precision -> proxy, ...)."""
-    for family in ("proxy", "longreward", "llm_judge", "length"):
-        if reward == family or reward.startswith(family + "_"):
-            return family
-    raise ProxyRewardError(f"selection.reward {reward!r} is not produced by any `score --reward`")
 
 
 def health(lake: Lake) -> pl.DataFrame:
@@ -113,19 +108,21 @@ def plan(s: LoopSettings, iterations: int) -> list[Step]:
     """Every stage of iterations 0..`iterations` in order (iteration 0: the base model's evaluation)."""
     def evaluate(n: int) -> Step:
         return Step(n, "evaluate", lambda lk: evaluate_stage(n, s.policy, s.judge, s.evaluation, s.sampling, s.tiny,
-                                                             str(lk.root)))
+                                                             lake=str(lk.root)))
 
     def score(n: int, reward: str) -> Step:
-        return Step(n, "score", lambda lk: score_stage(n, reward, s.judge, s.tiny, str(lk.root)), reward)
+        return Step(n, "score", lambda lk: score_stage(n, reward, s.judge, s.tiny, longreward=s.longreward,
+                                                       lake=str(lk.root)), reward)
 
     wanted = [s.selection.reward] + ([s.selection.conflict_reward] if s.selection.conflict_reward else [])
     families = list(dict.fromkeys(f for f in map(reward_family, wanted) if f != "proxy"))
     steps = [evaluate(0)]
     for n in range(1, iterations + 1):
-        steps += [Step(n, "rollout", lambda lk, n=n: rollout_stage(n, s.policy, s.sampling, s.tiny, str(lk.root))),
+        steps += [Step(n, "rollout", lambda lk, n=n: rollout_stage(n, s.policy, s.sampling, s.tiny,
+                                                                   lake=str(lk.root))),
                   score(n, "proxy")]
         steps += [score(n, family) for family in families]
-        steps += [Step(n, "select", lambda lk, n=n: select_stage(n, s.selection, str(lk.root))),
+        steps += [Step(n, "select", lambda lk, n=n: select_stage(n, s.selection, lake=str(lk.root))),
                   Step(n, "train", lambda lk, n=n: train_iteration(lk, n, s.training, s.tiny)),
                   evaluate(n)]
     return steps
@@ -139,10 +136,17 @@ def run_loop(lake: Lake, settings: LoopSettings, iterations: int = 2, report: bo
     with iterate_lock(lake), shared_engines():
         ensure_seeded(lake)
         for step in plan(settings, iterations):
-            if finished(lake, step.iteration, step.stage, step.reward):
+            status = Lineage(lake).status(Key(step.stage, step.iteration, step.reward))
+            if status.current:
                 print(f"[iterate] {step}: done earlier, skipped")
                 continue
+            if status.run is not None:
+                print(f"[iterate] {step}: stale ({'; '.join(status.reasons())}); redoing it", flush=True)
             print(f"[iterate] {step} ({time.perf_counter() - t0:.0f} s)", flush=True)
+            if step.stage == "train":  # the training core runs in its own process: give it the accelerator
+                handed = hand_back_engines()
+                if handed:
+                    print(f"[iterate] handed the accelerator back: {', '.join(handed)} (taken again on next use)")
             step.run(lake)
             if step.stage == "evaluate":
                 warn_if_degenerating(lake, step.iteration)
@@ -163,6 +167,7 @@ def iterate(
     policy: EngineSettings = EngineSettings(),
     sampling: RolloutSettings = RolloutSettings(),
     judge: JudgeSettings = JudgeSettings(),
+    longreward: LongRewardSettings = LongRewardSettings(),
     selection: SelectSettings = SelectSettings(),
     model: ModelSettings = ModelSettings(path="tiny"),
     lora: LoraSettings = LoraSettings(),
@@ -181,7 +186,8 @@ def iterate(
         iterations: how many iterations (after the base model's evaluation, iteration 0).
         policy: the engine that samples rollouts and eval answers.
         sampling: k, temperature, top_p, max_new_tokens, seed.
-        judge: the proxy judge.
+        judge: the proxy judge (and the judge of selection.reward).
+        longreward: LongReward's retrieval and chunking, when selection.reward is longreward.
         selection: the pair selection.
         model: base weights for training (must be the policy's).
         lora: the adapter.
@@ -195,6 +201,6 @@ def iterate(
         lake: lake root (default: PROXYREWARD_LAKE or the repository's datalake/).
     """
     training = TrainingSettings(model=model, lora=lora, dpo=dpo, optim=optim, data=data, trainer=trainer)
-    settings = LoopSettings(policy=policy, sampling=sampling, judge=judge, selection=selection, training=training,
-                            evaluation=evaluation, tiny=tiny)
+    settings = LoopSettings(policy=policy, sampling=sampling, judge=judge, longreward=longreward, selection=selection,
+                            training=training, evaluation=evaluation, tiny=tiny)
     return run_loop(Lake(lake), settings, iterations, report)

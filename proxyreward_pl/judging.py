@@ -1,6 +1,7 @@
 """Judging, shared by the stages that judge answers (score, evaluate): the requests a judge is asked for each
 reward (from the prompt templates) and the `judgments`/`scores` rows its answers become. Rewards themselves are
-pure functions in `rewards/`; this module turns them into requests and rows."""
+pure functions in `rewards/`; this module turns them into requests and rows. LongReward's multi-step pipeline
+has a module of its own, `longreward_judging`."""
 
 from __future__ import annotations
 
@@ -12,14 +13,6 @@ from .engines import Engine, Request, Result
 from .lake import Lake
 from .rewards import ParseError, proxy_scores
 from .rewards.llm_judge import normalise_llm_judge, parse_rated, rated_regex, rated_schema
-from .rewards.longreward import (
-    DIMENSIONS,
-    faithfulness_regex,
-    faithfulness_schema,
-    faithfulness_score,
-    longreward_score,
-    parse_faithfulness,
-)
 from .rewards.proxy import CHOICES, json_schema, lines_regex, parse_verdicts, verdict_of_choices
 from .settings import JudgeSettings
 
@@ -123,13 +116,14 @@ def length_rows(iteration: int, rollouts: list[dict]) -> list[dict]:
              "reward": "length", "score": float(r["n_tokens"]), "status": "ok", "detail": None} for r in rollouts]
 
 
-RATED = {"llm_judge": (1, 10), "helpfulness": (0, 10), "logicality": (0, 10), "completeness": (0, 10)}
+RATED = {"llm_judge": (1, 10)}
 
 
 def rated_request(template: str, rollout: dict, question: dict, judge: JudgeSettings) -> Asked:
+    """One overall rating of a response (LLM-as-a-Judge); LongReward's requests are in `longreward_judging`."""
     form = answer_form(judge)
-    low, high = RATED.get(template, (0, 10))
-    variables = {"question": question["text"], "response": rollout["response"], "context": question.get("context")}
+    low, high = RATED[template]
+    variables = {"question": question["text"], "response": rollout["response"]}
     if judge.mode == "logprob":
         prompt = prompts.render(template, answer_format="rating", **variables)
         req = Request(_messages(prompt), max_tokens=1, choices=tuple(str(i) for i in range(low, high + 1)))
@@ -137,15 +131,6 @@ def rated_request(template: str, rollout: dict, question: dict, judge: JudgeSett
                      (rollout["rollout_id"], template))
     fmt = "json" if form == "json_schema" else "lines"
     prompt = prompts.render(template, answer_format=fmt, **variables)
-    if template == "faithfulness":
-        req = Request(_messages(prompt), max_tokens=judge.max_tokens,
-                      **structured_kwargs(form, faithfulness_regex(), faithfulness_schema()))
-
-        def parse(res: Result) -> tuple[float, str]:
-            items = parse_faithfulness(res.texts[0])
-            return faithfulness_score(items), f"{len(items)} statements"
-
-        return Asked(req, parse, (rollout["rollout_id"], template))
     req = Request(_messages(prompt), max_tokens=judge.max_tokens,
                   **structured_kwargs(form, rated_regex(low, high), rated_schema(low, high)))
     return Asked(req, lambda res: parse_rated(res.texts[0], low, high), (rollout["rollout_id"], template))
@@ -154,20 +139,8 @@ def rated_request(template: str, rollout: dict, question: dict, judge: JudgeSett
 def rated_rows(iteration: int, rollouts: list[dict], outcomes: dict, reward: str, judge_name: str) -> list[dict]:
     rows = []
     for r in rollouts:
-        base = {"iteration": iteration, "rollout_id": r["rollout_id"], "question_id": r["question_id"],
-                "judge": judge_name}
-        if reward == "llm_judge":
-            o = outcomes[(r["rollout_id"], "llm_judge")]
-            rows.append({**base, "reward": "llm_judge", "status": "failed" if o.error else "ok",
-                         "score": None if o.error else normalise_llm_judge(o.value[0]),
-                         "detail": o.error or o.value[1]})
-            continue
-        dims = {d: outcomes[(r["rollout_id"], d)] for d in DIMENSIONS}
-        for d, o in dims.items():
-            rows.append({**base, "reward": f"longreward_{d}", "status": "failed" if o.error else "ok",
-                         "score": None if o.error else o.value[0] / 10.0, "detail": o.error or o.value[1]})
-        errors = [f"{d}: {o.error}" for d, o in dims.items() if o.error]
-        rows.append({**base, "reward": "longreward", "status": "failed" if errors else "ok",
-                     "score": None if errors else longreward_score({d: o.value[0] for d, o in dims.items()}),
-                     "detail": "; ".join(errors) or None})
+        o = outcomes[(r["rollout_id"], reward)]
+        rows.append({"iteration": iteration, "rollout_id": r["rollout_id"], "question_id": r["question_id"],
+                     "judge": judge_name, "reward": reward, "status": "failed" if o.error else "ok",
+                     "score": None if o.error else normalise_llm_judge(o.value[0]), "detail": o.error or o.value[1]})
     return rows

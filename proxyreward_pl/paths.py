@@ -9,7 +9,9 @@ PACKAGE_ROOT = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_ROOT.parent
 SQL_DIR = REPO_ROOT / "datalake" / "sql"
 SEED_DIR = REPO_ROOT / "datalake" / "seed"
-PROMPTS_DIR = REPO_ROOT / "prompts"
+# Prompt templates (a copy elsewhere, to change a prompt without touching the repository: every row records
+# its template's hash, so lineage sees the change)
+PROMPTS_DIR = Path(os.environ.get("PROXYREWARD_PROMPTS") or REPO_ROOT / "prompts")
 CONFIGS_DIR = REPO_ROOT / "configs"
 CACHE_DIR = Path(os.environ.get("PROXYREWARD_CACHE", REPO_ROOT / ".cache"))
 

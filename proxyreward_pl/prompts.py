@@ -16,7 +16,7 @@ import jinja2
 from .errors import ProxyRewardError
 from .paths import PROMPTS_DIR
 
-DELIMITED = ("response", "context")
+DELIMITED = ("response", "context", "statement")
 _TAG = re.compile(r"<(\s*/?\s*)(" + "|".join(DELIMITED) + r")(\W)", re.IGNORECASE)
 
 
@@ -60,7 +60,12 @@ def template_hash(name: str, root: Path = PROMPTS_DIR) -> str:
 
 
 def render(name: str, root: Path = PROMPTS_DIR, **variables) -> str:
+    return render_exact(name, root, **variables).strip() + "\n"
+
+
+def render_exact(name: str, root: Path = PROMPTS_DIR, **variables) -> str:
+    """The text exactly as the template writes it (no whitespace trimmed or added): the policy's prompt."""
     try:
-        return _environment(root).get_template(f"{name}.j2").render(**variables).strip() + "\n"
+        return _environment(root).get_template(f"{name}.j2").render(**variables)
     except jinja2.UndefinedError as exc:
         raise ProxyRewardError(f"prompt {name}: {exc}") from None

@@ -48,6 +48,46 @@ def sql(query: str | None = None, file: Path | None = None,
     return frame
 
 
+def lake_lineage(iteration: int | None = None, format: Literal["table", "csv", "json"] = "table",
+                 lake: str | None = None) -> pl.DataFrame:
+    """Every stage run of the loop: what it was made from, and whether it is still current (and why not).
+
+    Args:
+        iteration: only this iteration.
+        format: table (readable: the status; csv and json add every input's identity), csv or json.
+        lake: lake root (default: PROXYREWARD_LAKE or the repository's datalake/).
+    """
+    from .lake.lineage import lineage_table
+
+    frame = lineage_table(Lake(lake), iteration)
+    if format != "table":
+        sys.stdout.write(render(frame.with_columns(pl.col("finished_at").cast(pl.Utf8)), format))
+        return frame
+    sys.stdout.write(render(frame.select("iteration", "stage", "reward", "current", "why", "finished_at")))
+    stale = frame.filter(~pl.col("current")).height
+    print(f"{frame.height} stage runs, {stale} stale" + ("; `proxyreward iterate` redoes them" if stale else ""))
+    return frame
+
+
+def lake_check(lake: str | None = None) -> list[str]:
+    """Check every file of the lake against the contract (datalake/sql/schema.sql), every key for doubles, and
+    look for policies and staged writes no run accounts for. Exits with an error when anything is wrong.
+
+    Args:
+        lake: lake root (default: PROXYREWARD_LAKE or the repository's datalake/).
+    """
+    from .lake.check import check
+
+    lk = Lake(lake)
+    problems = check(lk)
+    for p in problems:
+        print(p)
+    if problems:
+        raise LakeError(f"{len(problems)} problem(s) in the lake at {lk.root}")
+    print(f"lake at {lk.root}: every file conforms to the contract; nothing unaccounted for")
+    return problems
+
+
 def lake_status(lake: str | None = None) -> pl.DataFrame:
     """Row and file counts per table and iteration.
 

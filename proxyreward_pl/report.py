@@ -105,10 +105,12 @@ def plots(lake: Lake, out_dir: Path) -> list[tuple[str, str]]:
 def write_report(lake: Lake, out: Path | None = None) -> Path:
     out_dir = Path(out) if out else lake.root / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
+    from .lake.lineage import lineage_table
     from .query import render
 
     summary = lake.run_sql_file("analysis/iteration_summary")
     table5 = lake.run_sql_file("analysis/variance_by_iteration")
+    lineage = lineage_table(lake).select("iteration", "stage", "reward", "current", "why")
     sections = "".join(f'<h2>{html.escape(title)}</h2><img src="data:image/png;base64,{data}" '
                        f'alt="{html.escape(title)}">' for title, data in plots(lake, out_dir))
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>proxyreward report</title><style>"
@@ -118,7 +120,9 @@ def write_report(lake: Lake, out: Path | None = None) -> Path:
             f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC.</p>"
             f"<h2>Per iteration</h2><pre>{html.escape(render(summary))}</pre>"
             "<h2>Each reward's mean and variance per iteration (the paper's Table 5)</h2>"
-            f"<pre>{html.escape(render(table5, max_rows=500))}</pre>{sections}</body></html>")
+            f"<pre>{html.escape(render(table5, max_rows=500))}</pre>{sections}"
+            f"<h2>Lineage (is every stage built on what the lake holds now?)</h2>"
+            f"<pre>{html.escape(render(lineage))}</pre></body></html>")
     path = out_dir / "index.html"
     path.write_text(page, encoding="utf-8")
     return path
@@ -127,7 +131,7 @@ def write_report(lake: Lake, out: Path | None = None) -> Path:
 def report(out: Path | None = None, lake: str | None = None) -> Path:
     """Write the HTML report (per-iteration summary, each reward's mean and variance, score distributions,
     variance and the selection cut, evaluation per iteration by each judge, training curves, length against
-    score) and print its path.
+    score, the stages' lineage) and print its path.
 
     Args:
         out: output folder (default: <lake>/report).

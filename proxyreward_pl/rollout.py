@@ -23,6 +23,7 @@ def rollout(
     policy: EngineSettings = EngineSettings(),
     sampling: RolloutSettings = RolloutSettings(),
     tiny: TinySettings = TinySettings(),
+    force: bool = False,
     lake: str | None = None,
 ) -> dict:
     """Sample k answers per train meta-question from the policy of iteration N-1.
@@ -32,6 +33,7 @@ def rollout(
         policy: the engine that samples (--policy.engine hf|vllm|openai, --policy.model, ...).
         sampling: k, temperature, top_p, max_new_tokens, seed, max_questions.
         tiny: the tiny model, when policy.model is `tiny`.
+        force: run even when iteration N-1's policy is stale (see `proxyreward lake lineage`).
         lake: lake root (default: PROXYREWARD_LAKE or the repository's datalake/).
     """
     if iteration < 1:
@@ -41,15 +43,16 @@ def rollout(
     lk = Lake(lake)
     ensure_seeded(lk)
     policy = resolve_engine(policy, tiny)
-    adapter, name = policy_of(lk, iteration - 1, policy, sampling.served_adapter_prefix)
-    questions = lk.sql("SELECT question_id, text FROM meta_questions WHERE split = 'train' ORDER BY question_id")
+    policy, adapter, name = policy_of(lk, iteration - 1, policy, sampling.served_adapter_prefix)
+    questions = lk.sql("SELECT question_id, text, context FROM meta_questions WHERE split = 'train' "
+                       "ORDER BY question_id")
     if sampling.max_questions:
         questions = questions.head(sampling.max_questions)
     if questions.is_empty():
         raise ProxyRewardError("the lake has no train meta-questions; run `proxyreward seed` or import some")
     engine = make_engine(policy, cache_path=lk.root / "cache" / "engine.sqlite")
     config = {"policy": dataclasses.asdict(policy), "sampling": dataclasses.asdict(sampling), "adapter": adapter}
-    with record_run(lk, iteration, "rollout", config) as metrics:
+    with record_run(lk, iteration, "rollout", config, force=force) as metrics:
         try:
             rows, tokens = sample(engine, questions.to_dicts(), iteration=iteration, k=sampling.k,
                                   temperature=sampling.temperature, top_p=sampling.top_p,

@@ -5,7 +5,8 @@ arrives, so a killed run loses nothing it paid for and its re-run sends only wha
 a malformed answer is asked again (`judge.parse_retries`), and a rollout that still has no answer is
 recorded with status 'failed' and the reason, never scored 0. At the end, one lake transaction replaces
 this judge's `judgments` file and the reward's `scores` file of the iteration. `length` (the answer's token
-count) asks no judge: it is the baseline that rewards saying more, whatever is said.
+count) asks no judge: it is the baseline that rewards saying more, whatever is said. `longreward` asks in two
+rounds, several calls per answer (`longreward_judging`); their count is in the run's metrics.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ from .judging import (
 )
 from .lake import Lake
 from .lake.runs import record_run
-from .rewards.longreward import DIMENSIONS
-from .settings import JudgeSettings, TinySettings
+from .longreward_judging import longreward_scores
+from .settings import JudgeSettings, LongRewardSettings, TinySettings
 
 Reward = Literal["proxy", "llm_judge", "longreward", "length"]
 
@@ -46,7 +47,9 @@ def score(
     reward: Reward = "proxy",
     judge: JudgeSettings = JudgeSettings(),
     tiny: TinySettings = TinySettings(),
+    force: bool = False,
     lake: str | None = None,
+    longreward: LongRewardSettings = LongRewardSettings(),
 ) -> dict:
     """Judge the rollouts of an iteration and write judgments and scores.
 
@@ -57,7 +60,9 @@ def score(
         judge: the judge engine and how it is asked (--judge.engine, --judge.model, --judge.base_url,
             --judge.api_key_env, --judge.max_concurrency, --judge.mode, ...).
         tiny: the tiny model, when judge.model is `tiny`.
+        force: judge even rollouts that are stale (see `proxyreward lake lineage`).
         lake: lake root (default: PROXYREWARD_LAKE or the repository's datalake/).
+        longreward: LongReward's retrieval and chunking (--longreward.retrieval auto|embedding|bm25, ...).
     """
     lk = Lake(lake)
     rollouts = lk.read("rollouts", iteration).sort("rollout_id").to_dicts()
@@ -69,7 +74,7 @@ def score(
     if missing:
         raise ProxyRewardError(f"rollouts of iteration {iteration} answer unknown meta-questions: {missing[:5]}")
     if reward == "length":
-        with record_run(lk, iteration, "score", {"reward": reward}, reward="length") as metrics:
+        with record_run(lk, iteration, "score", {"reward": reward}, reward="length", force=force) as metrics:
             rows = length_rows(iteration, rollouts)
             lk.write("scores", rows, iteration=iteration, name="length", replace_partition=False)
             metrics.update(rollouts=len(rows), scores={"length": {"mean": sum(r["score"] for r in rows) / len(rows),
@@ -80,19 +85,26 @@ def score(
     engine = make_engine(judge, cache_path=lk.root / "cache" / "engine.sqlite")
     name = judge_name(engine, judge)
     config = {"reward": reward, "judge": dataclasses.asdict(judge)}
-    tokens = Tokens()
-    with record_run(lk, iteration, "score", config, reward=reward) as metrics:
+    if reward == "longreward":
+        config["longreward"] = dataclasses.asdict(longreward)
+    tokens, cost = Tokens(), {}
+    with record_run(lk, iteration, "score", config, reward=reward, force=force) as metrics:
         try:
             if reward == "proxy":
                 statements = statements_by_question(lk)
                 asked = proxy_requests(rollouts, statements, questions, judge)
                 outcomes = ask(engine, asked, judge.parse_retries, tokens, f"judging {len(rollouts)} rollouts")
+                n_requests = len(asked)
                 judgments, scores = proxy_rows(iteration, rollouts, statements, outcomes, name,
                                                prompts.template_hash("proxy_judge"), judge.mode)
+            elif reward == "longreward":
+                scores, cost = longreward_scores(engine, iteration, rollouts, questions, judge, longreward, tokens,
+                                                 name)
+                judgments, n_requests = [], sum(cost["judge_calls"].values())
             else:
-                templates = ["llm_judge"] if reward == "llm_judge" else list(DIMENSIONS)
-                asked = [rated_request(t, r, questions[r["question_id"]], judge) for r in rollouts for t in templates]
+                asked = [rated_request("llm_judge", r, questions[r["question_id"]], judge) for r in rollouts]
                 outcomes = ask(engine, asked, judge.parse_retries, tokens, f"judging {len(rollouts)} rollouts")
+                n_requests = len(asked)
                 judgments, scores = [], rated_rows(iteration, rollouts, outcomes, reward, name)
         finally:
             engine.close()
@@ -103,12 +115,15 @@ def score(
         frame = pl.DataFrame(scores)
         summary = frame.group_by("reward").agg(pl.col("score").mean().alias("mean"),
                                                (pl.col("status") == "failed").sum().alias("failed")).sort("reward")
-        metrics.update(rollouts=len(rollouts), requests=len(asked), **tokens.metrics(), judge=name,
+        metrics.update(rollouts=len(rollouts), requests=n_requests, **tokens.metrics(), **cost, judge=name,
                        scores={r["reward"]: {"mean": r["mean"], "failed": r["failed"]} for r in summary.to_dicts()})
     for row in summary.to_dicts():
         mean = "n/a" if row["mean"] is None else f"{row['mean']:.3f}"
         print(f"iteration {iteration}: {row['reward']} mean {mean}, {row['failed']} failed")
-    print(f"{len(asked)} judge requests: {tokens.sent} sent, {tokens.cached} from cache; "
+    if cost:
+        print(f"LongReward: {cost['judge_calls_per_response']:.1f} judge calls per response "
+              f"({cost['statements_per_response']:.1f} statements each; retrieval {cost['retrieval']})")
+    print(f"{n_requests} judge requests: {tokens.sent} sent, {tokens.cached} from cache; "
           f"{tokens.prompt} prompt tokens ({tokens.prefilled} prefilled, {tokens.prompt_cached} from the prefix "
           f"cache) + {tokens.completion} completion tokens")
     return dict(metrics)

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 
+import polars as pl
+
 from .errors import ProxyRewardError
 from .lake import Lake
+from .lake.lineage import sql_identity
 from .lake.runs import record_run
 from .settings import SelectSettings
 
@@ -23,17 +26,20 @@ def select_pairs(lake: Lake, iteration: int, settings: SelectSettings):
     params = {"iteration": iteration, "reward": settings.reward, "min_gap": settings.min_gap,
               "top_fraction": settings.top_fraction, "top_k": settings.top_k}
     params.update(conflict_reward=settings.conflict_reward, max_length_ratio=settings.max_length_ratio)
+    name = "select_random_pairs" if settings.random_pairs else "select_pairs"
     if settings.random_pairs:
-        return lake.run_sql_file("select_random_pairs", {**params, "seed": settings.seed})
-    return lake.run_sql_file("select_pairs", params)
+        params["seed"] = settings.seed
+    return lake.run_sql_file(name, params).with_columns(sql_hash=pl.lit(sql_identity(name)))
 
 
-def select(iteration: int, selection: SelectSettings = SelectSettings(), lake: str | None = None) -> dict:
+def select(iteration: int, selection: SelectSettings = SelectSettings(), force: bool = False,
+           lake: str | None = None) -> dict:
     """Choose the iteration's DPO pairs from its scores and write them to `pairs`.
 
     Args:
         iteration: whose scores to select from.
         selection: reward, min_gap, top_fraction/top_k, conflict_reward, max_length_ratio, random_pairs.
+        force: select even from stale scores (see `proxyreward lake lineage`).
         lake: lake root (default: PROXYREWARD_LAKE or the repository's datalake/).
     """
     lk = Lake(lake)
@@ -45,7 +51,7 @@ def select(iteration: int, selection: SelectSettings = SelectSettings(), lake: s
         raise ProxyRewardError(f"conflict_reward {selection.conflict_reward!r} has no scores in iteration {iteration} "
                                f"(it has: {', '.join(sorted(available))}); score it first, or turn the conflict "
                                "filter off with --selection.conflict_reward null")
-    with record_run(lk, iteration, "select", dataclasses.asdict(selection)) as metrics:
+    with record_run(lk, iteration, "select", dataclasses.asdict(selection), force=force) as metrics:
         pairs = select_pairs(lk, iteration, selection)
         if pairs.is_empty():
             raise ProxyRewardError(f"iteration {iteration}: no meta-question has answers that differ in "

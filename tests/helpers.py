@@ -30,6 +30,22 @@ def run_cli(*args: str, lake: Path | None = None, check: bool = False, env: dict
     return proc
 
 
+# Small and quick: HF engines, 6 questions x 3 answers, short answers, one epoch.
+SMALL = ["--config", "configs/tiny.yaml", "--policy.engine", "hf", "--judge.engine", "hf",
+         "--sampling.k", "3", "--sampling.max_questions", "6", "--sampling.max_new_tokens", "24",
+         "--evaluation.max_new_tokens", "24", "--trainer.epochs", "1", "--data.max_length", "256"]
+
+
+def iterate_cmd(lake: Path, judge_url: str, *extra: str) -> list[str]:
+    """`proxyreward iterate` on the tiny model, small and quick (SMALL), judged over HTTP by a fixture judge
+    that reads the answer (`pipeline_judge`): the tiny model as judge barely does (its verdicts follow the
+    statement, not the answer), so whether its scores vary within a question, and the loop finds pairs, would
+    be luck of its build."""
+    judge = ["--judge.engine", "openai", "--judge.model", "judge", "--judge.base_url", judge_url,
+             "--judge.mode", "logprob", "--judge.timeout", "10"]
+    return [sys.executable, "-m", "proxyreward_pl", "iterate", *SMALL, *judge, "--lake", str(lake), *extra]
+
+
 # -- literal rows for stage tests -------------------------------------------------------------------------
 def train_records(n: int):
     return [r for r in seed_records() if r.split == "train"][:n]

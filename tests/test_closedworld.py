@@ -13,7 +13,8 @@ import pytest
 from proxyreward_pl.closedworld import world as cw
 from proxyreward_pl.dataset import read_jsonl, store
 from proxyreward_pl.engines.closedworld import PromptError, read_prompt
-from proxyreward_pl.iterate import health, reward_family
+from proxyreward_pl.iterate import health
+from proxyreward_pl.lake.lineage import reward_family
 from proxyreward_pl.score import score
 from proxyreward_pl.settings import JudgeSettings, TinySettings
 from tests.helpers import run_cli

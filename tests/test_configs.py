@@ -55,3 +55,19 @@ def test_config_parses_for_every_command(config):
                     assert (list(got_v) if isinstance(got_v, tuple) else got_v) == v, (config.name, path, key, k)
             else:
                 assert (list(got) if isinstance(got, tuple) else got) == value, (config.name, path, key)
+
+
+def test_the_longreward_recipe():
+    """configs/longreward.yaml: 10 answers per question, every question kept, max vs min by the LongReward score,
+    the official pipeline's retrieval and chunk sizes."""
+    from proxyreward_pl.settings import DPOSettings, LongRewardSettings, RolloutSettings, SelectSettings
+
+    cfg = yaml.safe_load((CONFIGS_DIR / "longreward.yaml").read_text())
+    sampling, selection = RolloutSettings(**cfg["sampling"]), SelectSettings(**cfg["selection"])
+    assert sampling.k == 10
+    assert selection.reward == "longreward" and selection.top_fraction == 1.0 and selection.top_k is None
+    assert not selection.random_pairs and selection.conflict_reward is None and selection.max_length_ratio is None
+    lr = LongRewardSettings(**cfg["longreward"])
+    assert (lr.chunk_tokens, lr.top_k, lr.completeness_chunk_tokens) == (128, 5, 4096)
+    assert DPOSettings(**cfg["dpo"]).sft_weight > 0  # DPO plus an SFT term on the chosen answer
+    assert cfg["data"]["max_prompt_length"] + cfg["sampling"]["max_new_tokens"] <= cfg["data"]["max_length"]

@@ -8,52 +8,16 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from proxyreward_pl.lake import Lake
-from tests.helpers import REPO, run_cli
-
-# Small and quick: HF engines, 6 questions x 3 answers, short answers, one epoch.
-SMALL = ["--config", "configs/tiny.yaml", "--policy.engine", "hf", "--judge.engine", "hf",
-         "--sampling.k", "3", "--sampling.max_questions", "6", "--sampling.max_new_tokens", "24",
-         "--evaluation.max_new_tokens", "24", "--trainer.epochs", "1", "--data.max_length", "256"]
-
-
-def iterate_cmd(lake: Path, judge_url: str, *extra: str) -> list[str]:
-    """The small loop, judged over HTTP by a fixture judge that reads the response: the tiny model as judge
-    barely does (its verdicts follow the statement, not the answer), so whether its scores vary within a
-    question, and the loop finds pairs, would be luck of its build."""
-    judge = ["--judge.engine", "openai", "--judge.model", "judge", "--judge.base_url", judge_url,
-             "--judge.mode", "logprob", "--judge.timeout", "10"]
-    return [sys.executable, "-m", "proxyreward_pl", "iterate", *SMALL, *judge, "--lake", str(lake), *extra]
+from tests.helpers import REPO, SMALL, iterate_cmd, run_cli
 
 
 def table_counts(lake: Lake) -> dict:
     return {(r["table"], r["iteration"]): r["rows"] for r in lake.status().to_dicts()}
-
-
-@pytest.fixture(scope="session")
-def pipeline_judge():
-    """Decides a statement (from its truth) when the answer shares two of its words, else Unknown."""
-    from tests.helpers import truth
-    from tests.servers.judge import JudgeServer
-
-    with JudgeServer(truth=truth(), min_shared_words=2) as server:
-        yield server.url
-
-
-@pytest.fixture(scope="session")
-def pipeline_lake(tmp_path_factory, pipeline_judge) -> Path:
-    """A lake made by `proxyreward iterate` (2 iterations) on the tiny model, shared by the tests below."""
-    root = tmp_path_factory.mktemp("pipeline") / "lake"
-    proc = subprocess.run(iterate_cmd(root, pipeline_judge), cwd=REPO, capture_output=True, text=True, timeout=1200)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    (root / "iterate.out").write_text(proc.stdout)
-    return root
 
 
 def test_iterate_produces_every_table(pipeline_lake):
@@ -175,6 +139,71 @@ def test_sigkill_at_any_point_then_rerun_matches_an_uninterrupted_run(pipeline_l
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = table_counts(Lake(lake))
     assert {k: v for k, v in got.items() if k[0] != "runs"} == {k: v for k, v in expected.items() if k[0] != "runs"}
+
+
+@pytest.mark.slow
+def test_iterate_with_two_ddp_ranks_then_a_fresh_train_over_its_checkpoints(pipeline_judge, tmp_path):
+    """Lightning's launcher re-runs only the training core for rank 1 (not `iterate`, which would stop on its
+    own lock); re-training the iteration without --resume starts over on both ranks despite the checkpoints the
+    first run left, and gives the same adapter."""
+    ranks = ["--iterations", "1", "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu"]
+    proc = subprocess.run(iterate_cmd(tmp_path / "lake", pipeline_judge, *ranks), cwd=REPO, capture_output=True,
+                          text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lake = Lake(tmp_path / "lake")
+    weights = lake.adapter_dir(1) / "adapter_model.safetensors"
+    first = weights.read_bytes()
+    metrics = json.loads(lake.sql("SELECT metrics FROM runs WHERE stage = 'train'").item())
+    assert metrics["world_size"] == 2 and metrics["global_step"] >= 1
+    assert (lake.root / "runs" / "iteration=1" / "train" / "checkpoints" / "last.ckpt").exists()
+    train = ["--config", "configs/tiny.yaml", "--trainer.epochs", "1", "--data.max_length", "256"]  # as SMALL
+    run_cli("train", "--iteration", "1", *train, *ranks[2:], lake=lake.root, check=True, timeout=1800)
+    import torch
+    from safetensors.torch import load
+
+    again, before = load(weights.read_bytes()), load(first)
+    for k, v in before.items():
+        torch.testing.assert_close(again[k], v, atol=1e-6, rtol=0)
+
+
+def test_engines_hand_the_accelerator_back_before_training_and_take_it_after(seeded_lake):
+    from proxyreward_pl.engines import shared_engines
+    from proxyreward_pl.iterate import run_loop
+    from proxyreward_pl.settings import (
+        DataSettings,
+        EngineSettings,
+        EvalSettings,
+        JudgeSettings,
+        LoopSettings,
+        LoraSettings,
+        RolloutSettings,
+        TrainerSettings,
+        TrainingSettings,
+    )
+
+    settings = LoopSettings(
+        policy=EngineSettings(engine="hf"), judge=JudgeSettings(engine="hf", mode="logprob"),
+        sampling=RolloutSettings(k=3, max_questions=6, max_new_tokens=24), evaluation=EvalSettings(max_new_tokens=24),
+        training=TrainingSettings(lora=LoraSettings(r=4, alpha=8), data=DataSettings(max_length=128),
+                                  trainer=TrainerSettings(epochs=1, accelerator="cpu", devices=1, loggers=(),
+                                                          progress_bar=False)))
+    with shared_engines() as pool:
+        run_loop(seeded_lake, settings, iterations=1, report=False)
+        events = {engine.identity: list(engine.events) for engine in pool.values()}
+    assert events and all(e == ["load", "hand_back", "load"] for e in events.values()), events
+    assert seeded_lake.sql("SELECT count(*) FROM evaluations WHERE iteration = 1").item() > 0
+
+
+def test_a_failed_training_core_is_a_failed_train_run_with_its_last_lines(seeded_lake):
+    from tests.helpers import add_pairs
+
+    add_pairs(seeded_lake, 1)
+    proc = run_cli("train", "--iteration", "1", "--config", "configs/tiny.yaml", "--trainer.accelerator", "gpu",
+                   lake=seeded_lake.root)
+    assert proc.returncode == 1 and "the training core failed" in proc.stderr and "Traceback" not in proc.stderr
+    row = seeded_lake.sql("SELECT status, metrics FROM runs WHERE stage = 'train'").row(0)
+    assert row[0] == "failed" and "gpu" in json.loads(row[1])["error"].lower()
+    assert not seeded_lake.adapter_dir(1).exists()
 
 
 def test_a_second_iterate_on_the_same_lake_is_refused(seeded_lake):

@@ -18,6 +18,7 @@ from proxyreward_pl.score import score
 from proxyreward_pl.settings import JudgeSettings
 from tests.helpers import REPO, add_rollouts, truth
 from tests.servers.judge import JudgeServer
+from tests.servers.longreward_judge import LongRewardJudgeServer
 
 
 def judge(url: str, **kw) -> JudgeSettings:
@@ -188,15 +189,19 @@ def test_three_way_logprob_choice_makes_precision_differ_from_accuracy(seeded_la
 @pytest.mark.parametrize("mode", ["generate", "logprob"])
 def test_llm_judge_and_longreward(seeded_lake, mode):
     add_rollouts(seeded_lake, 1, n_questions=2, k=2)
-    with JudgeServer(truth=truth(), rating=7) as server:
+    true = {s for s, a in truth().items() if a}
+    with LongRewardJudgeServer(truth=truth(), rating=7, knowledge=true) as server:
         score(1, "llm_judge", judge(server.url, mode=mode), lake=str(seeded_lake.root))
         score(1, "longreward", judge(server.url, mode=mode), lake=str(seeded_lake.root))
     s = seeded_lake.read("scores", 1)
     got = {r: sorted(set(s.filter(s["reward"] == r)["score"].round(3).to_list())) for r in s["reward"].unique()}
     if mode == "generate":
         assert got["llm_judge"] == [round(6 / 9, 3)]
-        assert got["longreward_faithfulness"] == [0.75]  # one supported, one partly
-        assert got["longreward"][0] == pytest.approx((7 + 7 + 7.5 + 7) / 40, abs=1e-3)
+        assert got["longreward_helpfulness"] == [0.7]
+        # the seed questions have no context: each sentence is judged by the judge's knowledge (true ones known)
+        faith = {r["rollout_id"]: r["score"] for r in s.filter(s["reward"] == "longreward_faithfulness").to_dicts()}
+        for qid in set(s["question_id"]):
+            assert faith[f"1:{qid}:0"] > 0.8 and faith[f"1:{qid}:1"] == 0.0  # sample 1 states the false ones
     else:
         assert 0.6 < got["llm_judge"][0] < 0.67  # expected rating between 6 and 7, nearer 7
     assert set(got) == {"llm_judge", "longreward", "longreward_helpfulness", "longreward_logicality",

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import polars as pl
 import pytest
 
-from tests.helpers import add_pairs, run_cli
+from tests.helpers import REPO, add_pairs, run_cli
 
 FAST = ["--config", "configs/tiny.yaml", "--trainer.epochs", "1", "--data.max_length", "128",
         "--lora.r", "4", "--lora.alpha", "8"]
@@ -68,17 +71,32 @@ def test_bad_settings_are_refused_by_the_parser(seeded_lake, flag):
     assert proc.returncode == 2 and flag.lstrip("-") in proc.stderr
 
 
-def test_prepare_only_then_the_core_trains_from_the_file(seeded_lake, tmp_path):
+def test_prepare_only_then_the_core_then_publish_only(seeded_lake):
+    """The multi-node recipe: prepare the pairs file, launch the training core yourself, publish its result."""
     add_pairs(seeded_lake, 1)
     proc = run_cli("train", "--iteration", "1", *FAST, "--prepare_only", "true", lake=seeded_lake.root, check=True)
-    pairs_file = proc.stdout.strip().split(": ", 1)[1]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("pairs with reference log-probs: "))
+    pairs_file = Path(line.split(": ", 1)[1])
     assert seeded_lake.read("pairs", 1)["ref_chosen_logp"].null_count() == 0
-    import subprocess
-    import sys
-
-    subprocess.run([sys.executable, "-m", "proxyreward_pl.training", pairs_file, str(tmp_path / "core"),
-                    "--config", "configs/tiny.yaml", "--model.path", json.loads(
-                        seeded_lake.sql("SELECT config FROM runs").item())["model"]["path"],
+    assert not seeded_lake.adapter_dir(1).exists()
+    model_path = json.loads(seeded_lake.sql("SELECT config FROM runs").item())["model"]["path"]
+    subprocess.run([sys.executable, "-m", "proxyreward_pl.training", str(pairs_file), str(pairs_file.parent),
+                    "--config", "configs/tiny.yaml", "--model.path", model_path,
                     "--trainer.max_steps", "1", "--data.max_length", "128", "--lora.r", "4"],
-                   check=True, timeout=600)
-    assert (tmp_path / "core" / "adapter" / "adapter_config.json").exists()
+                   check=True, timeout=600, cwd=REPO)
+    assert json.loads((pairs_file.parent / "reference.json").read_text())["computed"] == 0  # stored by prepare
+    run_cli("train", "--iteration", "1", *FAST, "--publish_only", "true", lake=seeded_lake.root, check=True)
+    assert (seeded_lake.adapter_dir(1) / "adapter_config.json").exists()
+    run = seeded_lake.sql("SELECT metrics FROM runs WHERE status = 'finished' ORDER BY finished_at DESC").item(0, 0)
+    assert json.loads(run)["global_step"] == 1
+
+
+def test_full_fine_tuning_publishes_a_model_that_is_the_next_policy(seeded_lake):
+    from proxyreward_pl.asking import policy_of
+    from proxyreward_pl.settings import EngineSettings
+
+    add_pairs(seeded_lake, 1)
+    run_cli("train", "--iteration", "1", *FAST, "--lora.enabled", "false", lake=seeded_lake.root, check=True)
+    assert (seeded_lake.model_dir(1) / "config.json").exists() and not seeded_lake.adapter_dir(1).exists()
+    engine, adapter, name = policy_of(seeded_lake, 1, EngineSettings(engine="hf", model="base"))
+    assert engine.model == str(seeded_lake.model_dir(1)) and adapter is None and name.startswith("base+full:")

@@ -59,6 +59,7 @@ CREATE TABLE scores (
     status      VARCHAR NOT NULL CHECK (status IN ('ok', 'failed')),
     judge       VARCHAR,                 -- engine:model|mode that produced it
     detail      VARCHAR,                 -- the failure's reason, or the judge's rationale
+    prompt_hash VARCHAR,                 -- hash(es) of the prompt template(s) behind it, '+'-joined (LongReward)
     PRIMARY KEY (iteration, rollout_id, reward)
 );
 
@@ -70,11 +71,13 @@ CREATE TABLE pairs (
     chosen_score        DOUBLE  NOT NULL,
     rejected_score      DOUBLE  NOT NULL,
     score_variance      DOUBLE  NOT NULL,
+    sql_hash            VARCHAR,         -- the selection SQL that chose the pair (file:hash)
     -- reference log-probs, computed once before training (NULL until then), and what they came from
     ref_chosen_logp     DOUBLE,
     ref_rejected_logp   DOUBLE,
-    ref_model           VARCHAR,         -- base weights
-    ref_adapter         VARCHAR,         -- adapter on top of them ('' for none)
+    ref_tokens          VARCHAR,         -- hash of the pair's token ids they were computed for
+    ref_model           VARCHAR,         -- base weights, by content (config and weight index)
+    ref_adapter         VARCHAR,         -- adapter on top of them, by its weights ('' for none)
     ref_tokenization    VARCHAR,         -- hash of tokenizer, chat template and truncation settings
     PRIMARY KEY (iteration, question_id)
 );
@@ -89,6 +92,8 @@ CREATE TABLE runs (
     finished_at TIMESTAMP,
     config      VARCHAR,                 -- JSON
     metrics     VARCHAR,                 -- JSON
+    inputs      VARCHAR,                 -- JSON: the identity of everything the run read (lake/lineage.py)
+    output      VARCHAR,                 -- the identity of what it wrote (a finished run)
     PRIMARY KEY (run_id)
 );
 

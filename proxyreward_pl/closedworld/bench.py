@@ -31,7 +31,7 @@ from ..engines import shared_engines
 from ..errors import ProxyRewardError
 from ..iterate import health, plan, run_loop
 from ..lake import Lake
-from ..lake.runs import finished
+from ..lake.lineage import Key, Lineage
 from ..settings import (
     DataSettings,
     DPOSettings,
@@ -167,7 +167,7 @@ def _base_lake(root: Path, records, settings: LoopSettings) -> Path:
     by_length = dataclasses.replace(settings, selection=dataclasses.replace(settings.selection, reward="length"))
     for step in plan(by_length, 1):
         if step.stage in ("evaluate", "rollout", "score") and (step.stage, step.iteration) != ("evaluate", 1):
-            if not finished(lk, step.iteration, step.stage, step.reward):
+            if not Lineage(lk).status(Key(step.stage, step.iteration, step.reward)).current:
                 print(f"[closedworld] {root.parent.name} base: {step}", flush=True)
                 step.run(lk)
     return root

@@ -20,20 +20,32 @@ _SHARED: dict[tuple, Engine] | None = None
 
 
 @contextlib.contextmanager
-def shared_engines() -> Iterator[None]:
+def shared_engines() -> Iterator[dict[tuple, Engine]]:
     """Within this block, engines with the same settings are made once and shared (one vLLM start per run,
-    even across lakes: a shared engine's results cache follows the lake it is asked for)."""
+    even across lakes: a shared engine's results cache follows the lake it is asked for). Yields the pool."""
     global _SHARED
     if _SHARED is not None:
-        yield
+        yield _SHARED
         return
     _SHARED = {}
     try:
-        yield
+        yield _SHARED
     finally:
         pool, _SHARED = _SHARED, None
         for engine in pool.values():
             engine.release()
+
+
+def hand_back_engines() -> list[str]:
+    """Every shared engine gives its accelerator back (before training runs in a process of its own); each
+    takes it again on its next request. Returns the identities of those that held a model."""
+    handed = []
+    for engine in (_SHARED or {}).values():
+        before = len(engine.events)
+        engine.hand_back()
+        if len(engine.events) > before:
+            handed.append(engine.identity)
+    return handed
 
 
 def make_engine(settings: EngineSettings, cache_path: Path | None = None) -> Engine:
@@ -69,4 +81,4 @@ def _new_engine(settings: EngineSettings, cache_path: Path | None) -> Engine:
     return HFEngine(settings, cache)
 
 
-__all__ = ["Engine", "EngineCache", "Request", "Result", "make_engine", "shared_engines"]
+__all__ = ["Engine", "EngineCache", "Request", "Result", "hand_back_engines", "make_engine", "shared_engines"]

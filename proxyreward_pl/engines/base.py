@@ -91,6 +91,7 @@ class Engine:
         self.cache_path = cache.path if cache is not None else None
         self.sent = 0  # requests that reached the model (not served from the cache)
         self.shared = False  # held by `shared_engines()`: close() leaves it open for the next stage
+        self.events: list[str] = []  # "load" and "hand_back", in order: how the accelerator changed hands
 
     @property
     def identity(self) -> str:
@@ -134,6 +135,10 @@ class Engine:
     def close(self) -> None:
         if not self.shared:
             self.release()
+
+    def hand_back(self) -> None:
+        """Give the accelerator back, so that training in another process can have its memory; the next request
+        takes it again. An engine that holds no model (a remote server, a rule) has nothing to give."""
 
     def release(self) -> None:
         """Free the model (and the cache connection)."""

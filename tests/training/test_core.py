@@ -15,7 +15,14 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from proxyreward_pl.settings import DataSettings, DPOSettings, LoraSettings, ModelSettings, OptimSettings
+from proxyreward_pl.settings import (
+    DataSettings,
+    DPOSettings,
+    LoraSettings,
+    ModelSettings,
+    OptimSettings,
+    SettingsError,
+)
 from proxyreward_pl.training.core import ensure_reference, prepare_run, train_pairs
 from proxyreward_pl.training.module import load_policy, policy_logps
 from proxyreward_pl.training.pairs import PairsDataModule, read_pairs
@@ -139,46 +146,6 @@ def test_resume_mid_epoch_matches_uninterrupted(tiny_model_path, tmp_path):
         torch.testing.assert_close(cut[k], full[k], atol=1e-5, rtol=0)
 
 
-_DDP_SCRIPT = textwrap.dedent("""
-    import json, sys, torch
-    from pathlib import Path
-    from proxyreward_pl.settings import (DataSettings, LoraSettings, ModelSettings, OptimSettings,
-                                         TrainerSettings, TrainingSettings)
-    from proxyreward_pl.training.core import prepare_run
-    import lightning as L
-
-    pairs, out, model = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
-    devices, accumulate = int(sys.argv[4]), int(sys.argv[5])
-    L.seed_everything(0, verbose=False)
-    module, dm, trainer = prepare_run(pairs, out, TrainingSettings(
-        model=ModelSettings(path=model), lora=LoraSettings(r=4, alpha=8), optim=OptimSettings(lr=1e-3, warmup_ratio=0),
-        data=DataSettings(max_length=128, batch_size=2, group_by_length=True),
-        trainer=TrainerSettings(epochs=1, max_steps=4, accumulate_grad_batches=accumulate, accelerator="cpu",
-                                devices=devices, strategy="ddp" if devices > 1 else "auto", loggers=(),
-                                progress_bar=False, checkpoint_every_n_steps=1000)))
-    trainer.fit(module, datamodule=dm)
-    state = {k: v.tolist() for k, v in module.model.named_parameters() if "lora_" in k}
-    (out / f"lora-rank{trainer.global_rank}.json").write_text(json.dumps(state))
-""")
-
-
-@pytest.mark.slow
-def test_ddp_two_cpu_processes_match_one_process(tiny_model_path, tmp_path):
-    pairs = write_case_pairs(tmp_path / "p.parquet", 32)
-    ensure_reference(pairs, dataclasses.replace(small_settings(tiny_model_path), data=DataSettings(max_length=128)))
-    script = tmp_path / "ddp_run.py"
-    script.write_text(_DDP_SCRIPT)
-    for name, devices, accumulate in (("ddp", 2, 1), ("single", 1, 2)):
-        subprocess.run([sys.executable, str(script), str(pairs), str(tmp_path / name), str(tiny_model_path),
-                        str(devices), str(accumulate)], check=True, timeout=600)
-    r0 = json.loads((tmp_path / "ddp" / "lora-rank0.json").read_text())
-    r1 = json.loads((tmp_path / "ddp" / "lora-rank1.json").read_text())
-    one = json.loads((tmp_path / "single" / "lora-rank0.json").read_text())
-    for k in r0:
-        assert torch.equal(torch.tensor(r0[k]), torch.tensor(r1[k])), k  # ranks agree exactly
-        torch.testing.assert_close(torch.tensor(r0[k]), torch.tensor(one[k]), atol=1e-5, rtol=1e-4)
-
-
 def test_adapter_loads_in_peft_and_merged_export(tiny_model_path, tmp_path):
     pairs = write_case_pairs(tmp_path / "p.parquet", 8)
     s = dataclasses.replace(small_settings(tiny_model_path, max_steps=2), optim=OptimSettings(lr=1e-2, warmup_ratio=0))
@@ -234,3 +201,27 @@ def test_gradient_checkpointing_trains_the_same_adapter(tiny_model_path, tmp_pat
     assert any(v.abs().sum() > 0 for k, v in states[True].items() if "lora_B" in k)  # LoRA did train
     for k in states[False]:
         torch.testing.assert_close(states[True][k], states[False][k], atol=1e-5, rtol=1e-4)
+
+
+def test_full_fine_tuning_trains_the_base_weights_against_the_untrained_model(tiny_model_path, tmp_path):
+    pairs = write_case_pairs(tmp_path / "p.parquet", 8)
+    s = dataclasses.replace(small_settings(tiny_model_path, max_steps=2), lora=LoraSettings(enabled=False),
+                            optim=OptimSettings(lr=1e-3, warmup_ratio=0))
+    result = train_pairs(pairs, tmp_path / "run", s)
+    assert result["full_fine_tuning"] and not (tmp_path / "run" / "adapter").exists()
+    trained = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model")
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    untouched = dict(base.named_parameters())
+    moved = [n for n, p in trained.named_parameters() if not torch.equal(p, untouched[n])]
+    assert any(".mlp." in n for n in moved) and any(".self_attn." in n for n in moved)
+    # the reference is the model before training, computed once and stored with the pairs
+    dm = PairsDataModule(pairs, tiny_model_path, s.data)
+    dm.setup()
+    with torch.no_grad():
+        batch = next(iter(dm.loader(dm.train, 8, train=False)))
+        logps = policy_logps(base, batch).tolist()
+    stored = read_pairs(pairs)
+    for i, c in zip(batch["index"].tolist(), logps[:8], strict=True):
+        assert stored[i]["ref_chosen_logp"] == pytest.approx(c, rel=1e-5)
+    with pytest.raises(SettingsError, match="dpo.reference"):
+        dataclasses.replace(s, dpo=DPOSettings(reference="adapter_disabled"))
