@@ -123,7 +123,7 @@ def _call(fn: Callable, namespace) -> Any:
     return fn(**kwargs)
 
 
-def _settings_error(fn: Callable, ns, exc: SettingsError) -> str:
+def _settings_error(fn: Callable, ns, exc: Exception) -> str:
     """`--section.field: problem`: the section is the parameter whose settings refuse to be built."""
     for name, param in inspect.signature(fn).parameters.items():
         cls = param.annotation if isinstance(param.annotation, type) else type(param.default)
@@ -149,7 +149,7 @@ def parse(argv: list[str]) -> tuple[Callable, Any]:
         ns_cmd = ns_cmd[name]
     try:
         init = parser.instantiate(ns)
-    except SettingsError as exc:
+    except (SettingsError, ValueError) as exc:  # an optional section (evaluation.judge) wraps it in a ValueError
         raise ProxyRewardError(_settings_error(fn, ns_cmd, exc)) from None
     for name in path:
         init = init[name]

@@ -80,8 +80,11 @@ class Progress:
 
 
 class Tokens:
+    """Requests sent and answered from the results cache; of the sent ones' prompt tokens, how many a prefix
+    cache served (`prompt_cached`) and how many were computed (`prefilled`)."""
+
     def __init__(self):
-        self.prompt = self.completion = self.cached = self.sent = 0
+        self.prompt = self.completion = self.cached = self.sent = self.prompt_cached = 0
 
     def add(self, result: Result) -> None:
         if result.cached:
@@ -89,7 +92,17 @@ class Tokens:
         else:
             self.sent += 1
             self.prompt += result.prompt_tokens
+            self.prompt_cached += result.cached_prompt_tokens
             self.completion += sum(result.completion_tokens)
+
+    @property
+    def prefilled(self) -> int:
+        return self.prompt - self.prompt_cached
+
+    def metrics(self) -> dict[str, int]:
+        return {"sent": self.sent, "cached": self.cached, "prompt_tokens": self.prompt,
+                "prompt_tokens_prefilled": self.prefilled, "prompt_tokens_from_cache": self.prompt_cached,
+                "completion_tokens": self.completion}
 
 
 def structured_kwargs(form: str, regex: str, schema: dict) -> dict:

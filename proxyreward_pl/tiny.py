@@ -47,17 +47,24 @@ def read_dialogues(path: str | Path) -> list[list[dict]]:
     return out
 
 
+def _train_records(seed_dir: Path) -> list[dict]:
+    """The bundled dataset's train meta-questions: an eval question or statement is never trained on, not
+    even by the tiny model's warm-up, so evaluation measures what the loop taught."""
+    records = []
+    for f in sorted(seed_dir.glob("*.jsonl")):
+        records += [json.loads(line) for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [r for r in records if r.get("split", "train") == "train"]
+
+
 def corpus_texts(seed_dir: Path = SEED_DIR, corpus: str | None = None) -> list[str]:
-    """The local text the tokenizer learns from: the corpus's dialogues (or the bundled dataset), prompt
-    templates, stdlib docs."""
+    """The local text the tokenizer learns from: the corpus's dialogues (or the bundled dataset's train
+    questions and statements), prompt templates, stdlib docs."""
     texts = []
     if corpus:
         texts.extend(m["content"] for d in read_dialogues(corpus) for m in d)
-    for f in sorted(seed_dir.glob("*.jsonl")) if not corpus else []:
-        for line in f.read_text(encoding="utf-8").splitlines():
-            rec = json.loads(line)
-            texts.append(rec["text"])
-            texts.extend(s["statement"] for s in rec.get("proxy_questions", []))
+    for rec in _train_records(seed_dir) if not corpus else []:
+        texts.append(rec["text"])
+        texts.extend(s["statement"] for s in rec.get("proxy_questions", []))
     texts.extend(p.read_text(encoding="utf-8") for p in sorted(PROMPTS_DIR.glob("*")) if p.is_file())
     for name in _STDLIB_TEXT:
         mod = importlib.import_module(name)
@@ -67,17 +74,15 @@ def corpus_texts(seed_dir: Path = SEED_DIR, corpus: str | None = None) -> list[s
 
 
 def warmup_dialogues(seed_dir: Path = SEED_DIR, corpus: str | None = None) -> list[list[dict]]:
-    """Chat examples for warm-up: the corpus's dialogues, or each bundled meta-question answered by its true
-    statements as prose."""
+    """Chat examples for warm-up: the corpus's dialogues, or each bundled train meta-question answered by its
+    true statements as prose."""
     if corpus:
         return read_dialogues(corpus)
     dialogues = []
-    for f in sorted(seed_dir.glob("*.jsonl")):
-        for line in f.read_text(encoding="utf-8").splitlines():
-            rec = json.loads(line)
-            facts = [s["statement"] for s in rec.get("proxy_questions", []) if s["answer"]]
-            dialogues.append([{"role": "user", "content": rec["text"]},
-                              {"role": "assistant", "content": " ".join(facts)}])
+    for rec in _train_records(seed_dir):
+        facts = [s["statement"] for s in rec.get("proxy_questions", []) if s["answer"]]
+        dialogues.append([{"role": "user", "content": rec["text"]},
+                          {"role": "assistant", "content": " ".join(facts)}])
     return dialogues
 
 

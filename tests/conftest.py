@@ -38,11 +38,22 @@ def tiny_model_path() -> Path:
 
 
 @pytest.fixture(scope="session")
-def pipeline_lake(tmp_path_factory) -> Path:
+def pipeline_judge():
+    """The pipeline's judge: decides a statement (from its truth) when the answer shares two of its words,
+    else Unknown."""
+    from tests.helpers import truth
+    from tests.servers.judge import JudgeServer
+
+    with JudgeServer(truth=truth(), min_shared_words=2) as server:
+        yield server.url
+
+
+@pytest.fixture(scope="session")
+def pipeline_lake(tmp_path_factory, pipeline_judge) -> Path:
     """A lake made by `proxyreward iterate` (2 iterations) on the tiny model, shared by the tests that read it
     (copy it before changing it)."""
     root = tmp_path_factory.mktemp("pipeline") / "lake"
-    proc = subprocess.run(iterate_cmd(root), cwd=REPO, capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run(iterate_cmd(root, pipeline_judge), cwd=REPO, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (root / "iterate.out").write_text(proc.stdout)
     return root

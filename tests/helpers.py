@@ -36,9 +36,14 @@ SMALL = ["--config", "configs/tiny.yaml", "--policy.engine", "hf", "--judge.engi
          "--evaluation.max_new_tokens", "24", "--trainer.epochs", "1", "--data.max_length", "256"]
 
 
-def iterate_cmd(lake: Path, *extra: str) -> list[str]:
-    """`proxyreward iterate` on the tiny model, small and quick (SMALL)."""
-    return [sys.executable, "-m", "proxyreward_pl", "iterate", *SMALL, "--lake", str(lake), *extra]
+def iterate_cmd(lake: Path, judge_url: str, *extra: str) -> list[str]:
+    """`proxyreward iterate` on the tiny model, small and quick (SMALL), judged over HTTP by a fixture judge
+    that reads the answer (`pipeline_judge`): the tiny model as judge barely does (its verdicts follow the
+    statement, not the answer), so whether its scores vary within a question, and the loop finds pairs, would
+    be luck of its build."""
+    judge = ["--judge.engine", "openai", "--judge.model", "judge", "--judge.base_url", judge_url,
+             "--judge.mode", "logprob", "--judge.timeout", "10"]
+    return [sys.executable, "-m", "proxyreward_pl", "iterate", *SMALL, *judge, "--lake", str(lake), *extra]
 
 
 # -- literal rows for stage tests -------------------------------------------------------------------------

@@ -106,6 +106,12 @@ BAD = [
     ({1: json.dumps({"question_id": "p", "text": "t", "proxy_questions": [{"statement": "x", "answer": "yes"}]})},
      ":2: proxy_questions[0].answer: expected true or false"),
     ({1: json.dumps({"question_id": "u", "text": "t", "proxy_question": []})}, ":2: proxy_question: unknown field"),
+    ({1: json.dumps({"question_id": "w", "text": "t", "proxy_questions": [
+        {"statement": "x", "answer": True}, {"statement": "y", "answer": False, "weight": 0}]})},
+     ":2: proxy_questions[1].weight: expected a number > 0, got 0"),
+    ({1: json.dumps({"question_id": "w", "text": "t", "proxy_questions": [
+        {"statement": "x", "answer": True, "weight": "heavy"}]})},
+     ":2: proxy_questions[0].weight: expected a number > 0, got 'heavy'"),
 ]
 
 
@@ -184,3 +190,32 @@ def test_export_table_csv(seeded_lake, tmp_path):
     run_cli("export", "meta_questions", str(out), lake=seeded_lake.root, check=True)
     assert out.read_text().splitlines()[0].startswith("question_id,text,domain,split")
     assert len(out.read_text().splitlines()) == 65
+
+
+WEIGHTED = [
+    {"question_id": "w1", "text": "Explain tides.", "proxy_questions": [
+        {"statement": "The Moon's gravity drives tides.", "answer": True, "weight": 3},
+        {"statement": "Tides happen once a week.", "answer": False},
+        {"statement": "The Sun also pulls on the oceans.", "answer": True, "weight": 0.5}]},
+    {"question_id": "w2", "text": "Describe the water cycle.", "proxy_questions": [
+        {"statement": "Evaporation moves water into the air.", "answer": True}]},
+]
+
+
+def test_statement_weights_import_and_export(lake, tmp_path):
+    f = write_jsonl(tmp_path / "weighted.jsonl", WEIGHTED)
+    run_cli("import", str(f), lake=lake.root, check=True)
+    got = lake.sql("SELECT statement_id, weight FROM proxy_questions ORDER BY 1").rows()
+    # a question with a weight anywhere gets 1 where none is given; one without any stays NULL (counts as 1)
+    assert got == [("w1:01", 3.0), ("w1:02", 1.0), ("w1:03", 0.5), ("w2:01", None)]
+    for suffix in ("jsonl", "parquet"):
+        out = tmp_path / f"export.{suffix}"
+        run_cli("export", "dataset", str(out), lake=lake.root, check=True)
+        again = tmp_path / f"again-{suffix}"
+        run_cli("import", str(out), lake=again, check=True)
+        from proxyreward_pl.lake import Lake
+
+        assert Lake(again).sql("SELECT statement_id, weight FROM proxy_questions ORDER BY 1").rows() == got
+    exported = [json.loads(line) for line in (tmp_path / "export.jsonl").read_text().splitlines()]
+    assert [s.get("weight") for s in exported[0]["proxy_questions"]] == [3.0, 1.0, 0.5]
+    assert "weight" not in exported[1]["proxy_questions"][0], "an unweighted dataset exports as before"

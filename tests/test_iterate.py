@@ -25,7 +25,7 @@ def test_iterate_produces_every_table(pipeline_lake):
     counts = table_counts(lake)
     for it in (1, 2):
         assert counts[("rollouts", it)] == 6 * 3
-        assert counts[("scores", it)] == 6 * 3 * 2
+        assert counts[("scores", it)] == 6 * 3 * 3  # proxy accuracy, precision, weighted accuracy
         assert counts[("pairs", it)] >= 1
         assert (lake.adapter_dir(it) / "adapter_model.safetensors").exists()
     assert sorted(lake.read("evaluations")["iteration"].unique()) == [0, 1, 2]
@@ -35,23 +35,49 @@ def test_iterate_produces_every_table(pipeline_lake):
     assert "eval_accuracy" in out and "report:" in out
 
 
-def test_pairs_beat_their_rejected_answer_and_sit_in_the_variance_band(pipeline_lake):
+def expected_pairs(lake: Lake, iteration: int) -> dict[str, tuple[str, str]]:
+    """The selection recomputed in Python from scores: per question the best and worst answer by accuracy (ties
+    by precision, then sample index), dropped when precision orders them the other way, then the top half by
+    variance of the questions left."""
+    rows = lake.sql("""SELECT a.question_id, a.rollout_id, a.score, p.score AS precision, r.sample_index
+                       FROM scores a JOIN rollouts r USING (iteration, rollout_id)
+                       LEFT JOIN scores p ON p.iteration = a.iteration AND p.rollout_id = a.rollout_id
+                                         AND p.reward = 'proxy_precision' AND p.status = 'ok'
+                       WHERE a.iteration = ? AND a.reward = 'proxy_accuracy' AND a.status = 'ok'""",
+                    [iteration]).to_dicts()
+    variance = dict(lake.sql("SELECT question_id, var_samp(score) FROM scores WHERE iteration = ? "
+                             "AND reward = 'proxy_accuracy' AND status = 'ok' GROUP BY 1", [iteration]).rows())
+    by_q: dict[str, list[dict]] = {}
+    for r in rows:
+        by_q.setdefault(r["question_id"], []).append(r)
+    kept = []
+    for q, answers in by_q.items():
+        scores = [a["score"] for a in answers]
+        if len(answers) < 2 or max(scores) == min(scores):
+            continue
+        best = min(answers, key=lambda a: (-a["score"], -(a["precision"] if a["precision"] is not None else -9),
+                                           a["sample_index"]))
+        worst = min(answers, key=lambda a: (a["score"], a["precision"] if a["precision"] is not None else 9,
+                                            -a["sample_index"]))
+        if best["precision"] is not None and worst["precision"] is not None and best["precision"] < worst["precision"]:
+            continue
+        kept.append((-variance[q], q, best["rollout_id"], worst["rollout_id"]))
+    kept.sort()
+    return {q: (b, w) for _, q, b, w in kept[: -(-len(kept) // 2)]}
+
+
+def test_pairs_beat_their_rejected_answer_and_are_the_selection_recomputed(pipeline_lake):
     lake = Lake(pipeline_lake)
     bad = lake.sql("SELECT * FROM pairs WHERE chosen_score <= rejected_score")
     assert bad.is_empty()
-    # recompute from scores: each pair's question is among the top half by variance of its iteration
+    for it in (1, 2):
+        got = {r["question_id"]: (r["chosen_rollout_id"], r["rejected_rollout_id"]) for r in lake.read("pairs", it)
+               .to_dicts()}
+        assert got == expected_pairs(lake, it)
     check = lake.sql("""
-        WITH v AS (
-            SELECT iteration, question_id, var_samp(score) AS variance, max(score) - min(score) AS gap
-            FROM scores WHERE reward = 'proxy_accuracy' AND status = 'ok' GROUP BY ALL),
-        ranked AS (
-            SELECT *, row_number() OVER (PARTITION BY iteration ORDER BY variance DESC, question_id) AS r,
-                      count(*) OVER (PARTITION BY iteration) AS n
-            FROM v WHERE gap > 0)
-        SELECT p.iteration, p.question_id, ranked.r, ranked.n, p.score_variance, ranked.variance
-        FROM pairs p LEFT JOIN ranked USING (iteration, question_id)""")
-    assert check["r"].null_count() == 0
-    assert all(r <= -(-n // 2) for r, n in zip(check["r"], check["n"], strict=True))
+        SELECT p.score_variance, v.variance FROM pairs p
+        JOIN (SELECT iteration, question_id, var_samp(score) AS variance FROM scores
+              WHERE reward = 'proxy_accuracy' AND status = 'ok' GROUP BY ALL) v USING (iteration, question_id)""")
     assert all(abs(a - b) < 1e-12 for a, b in zip(check["score_variance"], check["variance"], strict=True))
     # the chosen/rejected scores are those in `scores`
     mismatch = lake.sql("""SELECT * FROM pairs p JOIN scores s ON s.iteration = p.iteration
@@ -60,10 +86,10 @@ def test_pairs_beat_their_rejected_answer_and_sit_in_the_variance_band(pipeline_
     assert mismatch.is_empty()
 
 
-def test_a_rerun_redoes_nothing(pipeline_lake):
+def test_a_rerun_redoes_nothing(pipeline_lake, pipeline_judge):
     before = table_counts(Lake(pipeline_lake))
-    proc = subprocess.run(iterate_cmd(pipeline_lake, "--report", "false"), cwd=REPO, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(iterate_cmd(pipeline_lake, pipeline_judge, "--report", "false"), cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("done earlier, skipped") == 11
     assert table_counts(Lake(pipeline_lake)) == before
@@ -99,30 +125,30 @@ def test_notebooks_run_on_the_pipeline_lake(pipeline_lake):
 
 
 @pytest.mark.slow
-def test_sigkill_at_any_point_then_rerun_matches_an_uninterrupted_run(pipeline_lake, tmp_path):
+def test_sigkill_at_any_point_then_rerun_matches_an_uninterrupted_run(pipeline_lake, pipeline_judge, tmp_path):
     expected = table_counts(Lake(pipeline_lake))
     lake = tmp_path / "lake"
     for delay in (9, 13):  # kill twice, at different stages (each run resumes the last), then let it finish
-        proc = subprocess.Popen(iterate_cmd(lake, "--report", "false"), cwd=REPO, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(iterate_cmd(lake, pipeline_judge, "--report", "false"), cwd=REPO,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    proc = subprocess.run(iterate_cmd(lake, "--report", "false"), cwd=REPO, capture_output=True, text=True,
-                          timeout=1200)
+    proc = subprocess.run(iterate_cmd(lake, pipeline_judge, "--report", "false"), cwd=REPO, capture_output=True,
+                          text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = table_counts(Lake(lake))
     assert {k: v for k, v in got.items() if k[0] != "runs"} == {k: v for k, v in expected.items() if k[0] != "runs"}
 
 
 @pytest.mark.slow
-def test_iterate_with_two_ddp_ranks_then_a_fresh_train_over_its_checkpoints(tmp_path):
+def test_iterate_with_two_ddp_ranks_then_a_fresh_train_over_its_checkpoints(pipeline_judge, tmp_path):
     """Lightning's launcher re-runs only the training core for rank 1 (not `iterate`, which would stop on its
     own lock); re-training the iteration without --resume starts over on both ranks despite the checkpoints the
     first run left, and gives the same adapter."""
     ranks = ["--iterations", "1", "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu"]
-    proc = subprocess.run(iterate_cmd(tmp_path / "lake", *ranks), cwd=REPO, capture_output=True, text=True,
-                          timeout=1800)
+    proc = subprocess.run(iterate_cmd(tmp_path / "lake", pipeline_judge, *ranks), cwd=REPO, capture_output=True,
+                          text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lake = Lake(tmp_path / "lake")
     weights = lake.adapter_dir(1) / "adapter_model.safetensors"
@@ -209,7 +235,7 @@ def test_rollout_and_evaluate_stages(seeded_lake):
                   lake=seeded_lake.root, check=True).stdout
     assert "eval proxy accuracy" in out
     ev = seeded_lake.read("evaluations", 0)
-    assert ev.height == 16 * 2 and set(ev["reward"]) == {"proxy_accuracy", "proxy_precision"}
+    assert ev.height == 16 * 3 and set(ev["reward"]) == {"proxy_accuracy", "proxy_precision", "proxy_weighted_accuracy"}
     assert ev["score"].is_between(0, 1).all()
     proc = run_cli("rollout", "--iteration", "3", *common, lake=seeded_lake.root)
     assert proc.returncode == 1 and "train iteration 2 first" in proc.stderr
@@ -229,3 +255,18 @@ def test_llm_judge_win_rate_against_iteration_zero(pipeline_lake, tmp_path):
     ev = Lake(lake).read("evaluations", 2)
     wins = ev.filter(ev["reward"] == "llm_judge_win_vs_0")
     assert wins.height == 16 and set(wins["score"]) == {0.5}  # the server rates every answer alike: ties
+
+
+def test_the_conflict_reward_is_scored_when_it_is_of_another_family():
+    from proxyreward_pl.iterate import plan
+    from proxyreward_pl.settings import LoopSettings, SelectSettings
+
+    def scored(**selection) -> list[str | None]:
+        steps = plan(LoopSettings(selection=SelectSettings(**selection)), 1)
+        return [s.reward for s in steps if s.stage == "score"]
+
+    assert scored() == ["proxy"]  # proxy_precision comes with the proxy reward
+    assert scored(conflict_reward="llm_judge") == ["proxy", "llm_judge"]
+    assert scored(reward="length", conflict_reward="llm_judge") == ["proxy", "length", "llm_judge"]
+    assert scored(reward="longreward", conflict_reward="longreward_helpfulness") == ["proxy", "longreward"]
+    assert scored(reward="length", conflict_reward=None) == ["proxy", "length"]

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import polars as pl
 import pytest
 
 from proxyreward_pl.lake import Lake
@@ -37,7 +38,7 @@ def test_perfect_judge_gives_exact_scores(seeded_lake):
     with JudgeServer(truth=truth()) as server:
         score(1, "proxy", judge(server.url), lake=str(seeded_lake.root))
     scores = seeded_lake.read("scores", 1)
-    assert scores.height == 4 * 3 * 2 and (scores["status"] == "ok").all()
+    assert scores.height == 4 * 3 * 3 and (scores["status"] == "ok").all()
     assert set(scores["score"].to_list()) == {1.0}  # the judge answers from the truth
     j = seeded_lake.sql("SELECT j.predicted, p.answer, j.prompt_hash FROM judgments j "
                         "JOIN proxy_questions p USING (statement_id)")
@@ -58,7 +59,7 @@ def test_twenty_percent_faults_every_rollout_scored_or_failed(seeded_lake):
         assert faults >= {"malformed", "missing", "429", "500", "slow", "drop"}
         first_requests = len(server.log)
     scores = seeded_lake.read("scores", 1)
-    assert scores.height == 64 * 2
+    assert scores.height == 64 * 3
     one_score_per_rollout_and_reward(seeded_lake, 1)
     ok, failed = scores.filter(scores["status"] == "ok"), scores.filter(scores["status"] == "failed")
     assert (ok["score"] == 1.0).all()  # faults never leak into a score
@@ -122,7 +123,7 @@ def test_sigkill_mid_run_then_rerun_sends_nothing_twice(seeded_lake):
         assert resent <= 4
         assert len(server.log) == len(rows) - len(answered_before) + resent
     scores = Lake(seeded_lake.root).read("scores", 1)
-    assert scores.height == len(rows) * 2 and (scores["status"] == "ok").all()
+    assert scores.height == len(rows) * 3 and (scores["status"] == "ok").all()
     one_score_per_rollout_and_reward(seeded_lake, 1)
     runs = seeded_lake.sql("SELECT status FROM runs ORDER BY started_at")["status"].to_list()
     assert runs == ["running", "finished"]  # the killed run stays visible as never finished
@@ -149,6 +150,40 @@ def test_logprob_mode_over_http(seeded_lake):
         n_statements = seeded_lake.sql("SELECT count(*) FROM rollouts JOIN proxy_questions USING (question_id)").item()
         assert len(server.log) == n_statements  # one request per statement
     assert set(seeded_lake.read("scores", 1)["score"].to_list()) == {1.0}
+    # the statement comes last: a response's requests share everything before it, and the server says so
+    metrics = json.loads(seeded_lake.sql("SELECT metrics FROM runs WHERE stage = 'score'").item())
+    assert metrics["prompt_tokens_from_cache"] > metrics["prompt_tokens_prefilled"] > 0
+    assert metrics["prompt_tokens_from_cache"] + metrics["prompt_tokens_prefilled"] == metrics["prompt_tokens"]
+
+
+def test_three_way_logprob_choice_makes_precision_differ_from_accuracy(seeded_lake):
+    """A judge whose next-token probabilities we set: per statement of one rollout, True, False or Unknown wins;
+    the scores are computed by hand (accuracy counts Unknown wrong, precision leaves it out, weights weigh)."""
+    record = next(r for r in seeded_lake.sql("SELECT question_id FROM meta_questions WHERE split = 'train' "
+                                             "ORDER BY question_id").to_dicts())
+    stmts = seeded_lake.sql("SELECT statement, answer FROM proxy_questions WHERE question_id = ? ORDER BY position",
+                            [record["question_id"]]).to_dicts()[:6]
+    seeded_lake.write("proxy_questions", seeded_lake.read("proxy_questions").filter(
+        ~pl.col("question_id").eq(record["question_id"]) | pl.col("statement").is_in([s["statement"] for s in stmts])
+    ).with_columns(weight=pl.when(pl.col("statement") == stmts[0]["statement"]).then(3.0).otherwise(None)),
+        name="seed")
+    said = ["right", "right", "wrong", "unknown", "unknown", "tie"]  # what the judge's top choice is per statement
+    table = {}
+    for s, verdict in zip(stmts, said, strict=True):
+        word = {"right": str(s["answer"]), "wrong": str(not s["answer"]), "unknown": "Unknown"}.get(verdict)
+        table[s["statement"]] = ({"True": -0.7, "False": -0.7, "Unknown": -2.0} if word is None else
+                                 {c: (-0.1 if c == word else -2.5) for c in ("True", "False", "Unknown")})
+    seeded_lake.write("rollouts", [{"iteration": 1, "rollout_id": "1:r", "question_id": record["question_id"],
+                                    "policy": "p", "sample_index": 0, "response": "An answer.", "n_tokens": 2,
+                                    "finish_reason": "stop"}], iteration=1)
+    with JudgeServer(logprobs=table) as server:
+        score(1, "proxy", judge(server.url, mode="logprob"), lake=str(seeded_lake.root))
+    got = {r["reward"]: r["score"] for r in seeded_lake.read("scores", 1).to_dicts()}
+    assert got["proxy_accuracy"] == pytest.approx(2 / 6)     # two right of six; Unknown and the tie count wrong
+    assert got["proxy_precision"] == pytest.approx(2 / 3)    # two right of the three decided
+    assert got["proxy_weighted_accuracy"] == pytest.approx((3 + 1) / (3 + 5))  # the first weighs 3
+    statuses = seeded_lake.sql("SELECT status, count(*) n FROM judgments GROUP BY 1 ORDER BY 1").rows()
+    assert statuses == [("ok", 3), ("unknown", 3)]
 
 
 @pytest.mark.parametrize("mode", ["generate", "logprob"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import subprocess
@@ -13,9 +14,9 @@ import pytest
 from proxyreward_pl.lake import Lake
 from proxyreward_pl.rewards import ParseError
 from proxyreward_pl.settings import EngineSettings, GenerationSettings
-from proxyreward_pl.synthesis import generate, parse_questions, parse_statements
+from proxyreward_pl.synthesis import generate, parse_questions, parse_statements, parse_verdict
 from tests.helpers import REPO, run_cli
-from tests.servers.generator import GeneratorServer
+from tests.servers.generator import PLANTED, GeneratorServer
 
 SCRIPT = {
     ("alpha", 1): ["Explain the unbalanced alpha phenomenon in depth with its causes and effects?",
@@ -48,11 +49,19 @@ def run_generate(lake: Lake, url: str, **kw) -> dict:
 def test_parsers():
     assert parse_questions("Q: One?\nnoise\nQ: Two?") == ["One?", "Two?"]
     assert parse_questions('{"questions": ["A?", " "]}') == ["A?"]
-    assert parse_statements("- True: x is y\n- false: z is w") == [("x is y", True), ("z is w", False)]
+    assert parse_statements("- True: x is y\n- false: z is w") == [("x is y", True, None), ("z is w", False, None)]
+    assert parse_statements("- True [3]: x is y\n- False [1]: z") == [("x is y", True, 3), ("z", False, 1)]
+    assert parse_statements('{"statements": [{"statement": "x", "answer": true, "importance": 2}]}') == [
+        ("x", True, 2)]
     with pytest.raises(ParseError):
         parse_statements('{"statements": [{"statement": "x", "answer": "yes"}]}')
+    with pytest.raises(ParseError, match="importance"):
+        parse_statements('{"statements": [{"statement": "x", "answer": true, "importance": true}]}')
     with pytest.raises(ParseError):
         parse_questions("nothing here")
+    assert parse_verdict('{"answer": false}') is False and parse_verdict("True.") is True
+    with pytest.raises(ParseError):
+        parse_verdict("Perhaps")
 
 
 @pytest.mark.parametrize("faults", [0.0, 0.3])
@@ -71,6 +80,53 @@ def test_summary_counts_match_what_was_injected(seeded_lake, faults):
     s = seeded_lake.sql("SELECT question_id, count(*) n, sum(CAST(NOT answer AS INT)) f FROM proxy_questions "
                         "WHERE source LIKE 'generated:%' GROUP BY 1 ORDER BY n").rows()
     assert [(n, f) for _, n, f in s] == [(11, 2), (12, 3)]
+
+
+MISLED = {("alpha", 1): ["Explain the misled alpha phenomenon in depth with its causes and effects?",
+                         "Describe the plain alpha mechanism and how it shaped modern alpha practice?"],
+          ("beta", 1): ["Explain the misled beta process in detail with its main stages and uses?",
+                        "Explain the steady beta method and its applications across many fields?"]}
+
+
+@pytest.mark.parametrize("structured", ["json_schema", "none"])
+def test_verify_drops_exactly_the_planted_wrong_answers(lake, structured):
+    """Two `misled` questions carry two statements each whose generated answer is wrong; the closed-book check
+    (the server answers the truth) drops those four and nothing else."""
+    def run(verify: bool) -> dict:
+        return generate(n=4, domains="alpha,beta", per_question=12, split_eval=0.0, verify=verify,
+                        generator=gen_settings(server.url, structured=structured),
+                        generation=GenerationSettings(questions_per_request=2, max_requests_per_domain=1),
+                        lake=str(lake.root))
+
+    with GeneratorServer(script=MISLED) as server:
+        unchecked = run(verify=False)["summary"]
+        before = len(server.log)
+        checked = run(verify=True)["summary"]
+        asked = len(server.log) - before  # the statements come from the cache: only the checks are sent
+    assert "statements_failing_verification" not in unchecked
+    assert checked["statements_failing_verification"] == 2 * len(PLANTED)
+    assert checked.get("statements_unverified", 0) == 0
+    assert checked["statements_kept"] == unchecked["statements_kept"] - 2 * len(PLANTED) == 4 * 12 - 4
+    kept = lake.sql("SELECT statement, answer FROM proxy_questions").rows()
+    assert len(kept) == 44
+    for statement, answer in kept:  # every stored answer is now the true one
+        number = int(statement.split()[2])
+        assert answer == (number >= 3), statement
+    assert asked == 4 * 12
+
+
+def test_a_separate_verifier_and_statement_weights(lake):
+    with GeneratorServer(script=MISLED) as writer, GeneratorServer() as checker:
+        verifier = dataclasses.replace(gen_settings(checker.url), model="checker")
+        metrics = generate(n=4, domains="alpha,beta", per_question=12, split_eval=0.0,
+                           generator=gen_settings(writer.url), verifier=verifier,
+                           generation=GenerationSettings(questions_per_request=2, max_requests_per_domain=1,
+                                                         weights=True), lake=str(lake.root))
+        checks = len(checker.log)
+    assert checks == 4 * 12 and metrics["summary"]["statements_failing_verification"] == 4
+    weights = lake.sql("SELECT statement, weight FROM proxy_questions").rows()
+    assert {w for _, w in weights} == {1.0, 2.0, 3.0}
+    assert all(w == 1 + int(s.split()[2]) % 3 for s, w in weights), "the importance the generator gave"
 
 
 def test_rerun_is_free_and_idempotent(seeded_lake):

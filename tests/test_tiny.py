@@ -72,3 +72,19 @@ def test_cli_builds_a_model(tmp_path):
 @pytest.mark.parametrize("name", ["config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors"])
 def test_saved_files(tiny_model_path, name):
     assert (tiny_model_path / name).exists()
+
+
+def test_warm_up_and_tokenizer_corpus_hold_no_eval_text():
+    """Evaluation measures what the loop taught: the tiny model never trains on an eval question or statement."""
+    from proxyreward_pl.dataset import seed_records
+
+    records = seed_records()
+    eval_text = {r.text for r in records if r.split == "eval"} | {s for r in records if r.split == "eval"
+                                                                   for s, _ in r.statements}
+    train_text = {r.text for r in records if r.split == "train"}
+    assert eval_text and train_text
+    corpus = set(tiny.corpus_texts())
+    warm = [m["content"] for d in tiny.warmup_dialogues() for m in d]
+    assert not eval_text & corpus
+    assert not [e for e in eval_text for w in warm if e in w]
+    assert train_text <= corpus and train_text <= set(warm)

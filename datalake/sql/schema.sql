@@ -22,6 +22,7 @@ CREATE TABLE proxy_questions (
     statement    VARCHAR NOT NULL CHECK (length(trim(statement)) > 0),
     answer       BOOLEAN NOT NULL,
     source       VARCHAR NOT NULL,
+    weight       DOUBLE CHECK (weight > 0),  -- importance in proxy_weighted_accuracy; NULL counts as 1
     PRIMARY KEY (statement_id)
 );
 
@@ -112,7 +113,9 @@ CREATE TABLE evaluations (
     iteration   BIGINT  NOT NULL,
     policy      VARCHAR NOT NULL,
     question_id VARCHAR NOT NULL,
-    reward      VARCHAR NOT NULL,
+    reward      VARCHAR NOT NULL,        -- proxy_accuracy, ... by the evaluation judge; training_judge_proxy_accuracy,
+                                         -- ... by the training judge when the evaluation judge is another one
     score       DOUBLE,
+    judge       VARCHAR,                 -- engine:model|mode that scored it
     PRIMARY KEY (iteration, policy, question_id, reward)
 );

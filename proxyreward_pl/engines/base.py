@@ -57,6 +57,10 @@ class Result:
     choice_logprobs: dict[str, float] | None = None
     error: str | None = None
     cached: bool = False
+    """Answered from the persistent results cache (nothing was computed)."""
+    cached_prompt_tokens: int = 0
+    """Prompt tokens the model did not compute because a prefix cache held them (a prompt prefix shared with
+    another request); the rest of `prompt_tokens` was prefilled."""
 
     @property
     def ok(self) -> bool:

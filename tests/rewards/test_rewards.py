@@ -26,7 +26,7 @@ from proxyreward_pl.rewards.longreward import (
     statements_regex,
     support_regex,
 )
-from proxyreward_pl.rewards.proxy import lines_regex
+from proxyreward_pl.rewards.proxy import CHOICES, lines_regex, verdict_of_choices
 
 
 @pytest.mark.parametrize("expected, predicted, accuracy, precision, answered", [
@@ -46,6 +46,50 @@ def test_proxy_scores(expected, predicted, accuracy, precision, answered):
 def test_proxy_scores_length_mismatch():
     with pytest.raises(ValueError):
         proxy_scores([True], [True, False])
+    with pytest.raises(ValueError):
+        proxy_scores([True], [True], [1.0, 2.0])
+    with pytest.raises(ValueError, match="> 0"):
+        proxy_scores([True], [True], [0.0])
+
+
+@pytest.mark.parametrize("expected, predicted, weights, weighted", [
+    # right: the first (weight 3); wrong: the second and third; Unknown: the fourth -> 3 / 10
+    ([True, False, True, True], [True, True, False, None], [3, 2, 1, 4], 3 / 10),
+    ([True, False, True, True], [True, False, True, None], [3, 2, 1, 4], 6 / 10),
+    ([True, False], [True, False], [0.5, 1.5], 1.0),
+    ([True, False, True], [None, None, None], [1, 1, 1], 0.0),
+])
+def test_weighted_accuracy_by_hand(expected, predicted, weights, weighted):
+    got = proxy_scores(expected, predicted, weights)
+    assert got["weighted_accuracy"] == pytest.approx(weighted)
+
+
+def test_weights_of_one_leave_accuracy_unchanged():
+    expected, predicted = [True, False, True, True], [True, False, False, None]
+    got = proxy_scores(expected, predicted)
+    assert got["weighted_accuracy"] == got["accuracy"] == proxy_scores(expected, predicted, [1] * 4)["accuracy"]
+
+
+def test_verdict_of_three_choices():
+    assert CHOICES == ("True", "False", "Unknown")
+    assert verdict_of_choices({"True": -0.1, "False": -2.0, "Unknown": -3.0}) is True
+    assert verdict_of_choices({"True": -2.0, "False": -0.1, "Unknown": -3.0}) is False
+    assert verdict_of_choices({"True": -2.0, "False": -3.0, "Unknown": -0.5}) is None
+    assert verdict_of_choices({"True": -1.0, "False": -1.0, "Unknown": -4.0}) is None  # a tie decides nothing
+    assert verdict_of_choices({"True": float("-inf"), "False": -9.0, "Unknown": float("-inf")}) is False
+    with pytest.raises(ParseError, match="no probability"):
+        verdict_of_choices({c: float("-inf") for c in CHOICES})
+
+
+def test_single_statement_prompt_offers_unknown_and_ends_with_the_statement():
+    text = prompts.render("proxy_judge", question="Explain tides.", response="Tides follow the Moon.",
+                          statements=["The Moon drives tides."], answer_format="single")
+    assert text.rstrip().endswith("Statement: The Moon drives tides.")
+    assert "True, False or Unknown" in text
+    before = text[: text.index("Statement: The Moon")]
+    other = prompts.render("proxy_judge", question="Explain tides.", response="Tides follow the Moon.",
+                           statements=["Tides happen twice a day."], answer_format="single")
+    assert other.startswith(before), "every statement of a response shares all that comes before it"
 
 
 def test_parse_verdicts_forms():

@@ -2,9 +2,10 @@
 
 It implements `/v1/chat/completions` and `/v1/completions`, answers proxy-judge prompts from the
 statements' known truth (and rating prompts with a fixed score), honours `response_format` JSON schemas
-and `logprobs`, and injects faults at a chosen rate: malformed JSON, missing answers, 429 with
-Retry-After, 500, replies slower than the client's time-out, and dropped connections. It logs every
-request it answered so tests can tell what was (re)sent.
+and `logprobs` (a single statement's top log-probs over True / False / Unknown, or the ones a test sets),
+and injects faults at a chosen rate: malformed JSON, missing answers, 429 with Retry-After, 500, replies
+slower than the client's time-out, and dropped connections. It logs every request it answered so tests can
+tell what was (re)sent.
 """
 
 from __future__ import annotations
@@ -27,16 +28,21 @@ _RESPONSE = re.compile(r"<response>\n(.*?)\n</response>", re.DOTALL)
 class JudgeServer:
     def __init__(self, truth: dict[str, bool] | None = None, fault_rate: float = 0.0,
                  faults: tuple[str, ...] = FAULTS, latency: float = 0.0, slow_seconds: float = 3.0,
-                 seed: int = 0, rating: int = 7, mention_rule: bool = False):
+                 seed: int = 0, rating: int = 7, mention_rule: bool = False,
+                 logprobs: dict[str, dict[str, float]] | None = None, min_shared_words: int | None = None):
         self.truth = truth or {}
+        self.logprobs = logprobs or {}  # statement -> the top log-probs a single-statement request gets
         self.fault_rate, self.faults, self.latency, self.slow_seconds = fault_rate, faults, latency, slow_seconds
         self.rng = random.Random(seed)
         self._next_fault = 0  # faults are drawn at `fault_rate`, their kinds taken in turn
         self.rating = rating
         self.mention_rule = mention_rule  # decide a statement True only if the response contains it verbatim
+        # decide a statement only if the response shares this many of its words (4+ letters), else Unknown
+        self.min_shared_words = min_shared_words
         self.lock = threading.Lock()
         self.log: list[dict] = []  # one entry per request received: {"prompt_hash", "fault"}
         self.in_flight = self.max_in_flight = 0
+        self._seen: list[list[str]] = []  # the prompts answered so far, as words
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -129,15 +135,26 @@ class JudgeServer:
             handler._send(200, {"id": "x", "object": "chat.completion" if chat else "text_completion",
                                 "created": 0, "model": body.get("model", "judge"), "choices": [choice],
                                 "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens":
-                                          len(content.split()), "total_tokens": 0}})
+                                          len(content.split()), "total_tokens": 0,
+                                          "prompt_tokens_details": {"cached_tokens": self._cached(prompt)}}})
         finally:
             with self.lock:
                 self.in_flight -= 1
+
+    def _cached(self, prompt: str) -> int:
+        """Words of this prompt that begin an earlier one: what a server's prefix cache would have served."""
+        words = prompt.split()
+        with self.lock:
+            best = max((_common(words, seen) for seen in self._seen), default=0)
+            self._seen.append(words)
+        return best
 
     def _decide(self, statement: str, response: str) -> str:
         if statement not in self.truth:
             return "Unknown"
         if self.mention_rule and statement.lower() not in response.lower():
+            return "Unknown"
+        if self.min_shared_words is not None and len(_words(statement) & _words(response)) < self.min_shared_words:
             return "Unknown"
         return "True" if self.truth[statement] else "False"
 
@@ -148,9 +165,10 @@ class JudgeServer:
         if single or wants_logprobs and "Statement:" in prompt:
             verdict = self._decide(single.group(1).strip(), response) if single else "Unknown"
             if wants_logprobs:
-                p_true = {"True": -0.05, "False": -3.0, "Unknown": -0.7}[verdict]
-                p_false = {"True": -3.0, "False": -0.05, "Unknown": -0.7}[verdict]
-                return verdict, _logprobs([("True", p_true), ("False", p_false)])
+                statement = single.group(1).strip() if single else ""
+                table = self.logprobs.get(statement) or {word: (-0.05 if word == verdict else -3.0)
+                                                         for word in ("True", "False", "Unknown")}
+                return verdict, _logprobs(sorted(table.items(), key=lambda kv: -kv[1]))
             return verdict, None
         numbered = _NUMBERED.findall(prompt)
         if numbered and "numbered statement" in prompt:
@@ -172,6 +190,19 @@ class JudgeServer:
 
     def requests_for(self, prompt_hashes: set[str]) -> int:
         return sum(e["prompt_hash"] in prompt_hashes for e in self.log)
+
+
+def _words(text: str) -> set[str]:
+    return {w for w in re.findall(r"[a-z]+", text.lower()) if len(w) > 3}
+
+
+def _common(a: list[str], b: list[str]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def _logprobs(pairs: list[tuple[str, float]]) -> dict:

@@ -1,4 +1,5 @@
--- One row per iteration: rollouts, mean proxy score, pairs, final train loss, eval accuracy and precision.
+-- One row per iteration: rollouts, mean proxy score, pairs, final train loss, eval accuracy and precision (by the
+-- evaluation judge), and the training judge's accuracy of the same answers when the evaluation judge is another.
 WITH iterations AS (
     SELECT DISTINCT iteration FROM runs
 ),
@@ -23,7 +24,8 @@ train_stats AS (            -- the latest finished train run of each iteration
 eval_stats AS (
     SELECT iteration,
            avg(score) FILTER (reward = 'proxy_accuracy')  AS eval_accuracy,
-           avg(score) FILTER (reward = 'proxy_precision') AS eval_precision
+           avg(score) FILTER (reward = 'proxy_precision') AS eval_precision,
+           avg(score) FILTER (reward = 'training_judge_proxy_accuracy') AS training_judge_accuracy
     FROM evaluations GROUP BY iteration
 ),
 eval_lengths AS (
@@ -39,6 +41,7 @@ SELECT
     round(t.train_loss, 4)          AS train_loss,
     round(e.eval_accuracy, 4)       AS eval_accuracy,
     round(e.eval_precision, 4)      AS eval_precision,
+    round(e.training_judge_accuracy, 4) AS training_judge_accuracy,
     round(l.eval_mean_tokens, 1)    AS eval_tokens
 FROM iterations AS i
 LEFT JOIN rollout_stats AS r USING (iteration)
