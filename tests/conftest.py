@@ -1,4 +1,5 @@
-"""Fixtures only: a fresh lake per test, a seeded lake, the offline tiny model built once per cache."""
+"""Fixtures only: a fresh lake per test, a seeded lake, the offline tiny model built once per cache, the pipeline
+lake, and a real vLLM server of the tiny model, started once per session for the tests that need it."""
 
 from __future__ import annotations
 
@@ -45,3 +46,14 @@ def pipeline_lake(tmp_path_factory) -> Path:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (root / "iterate.out").write_text(proc.stdout)
     return root
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_model_path, tmp_path_factory):
+    """The tiny model served by the real vLLM(-cpu) OpenAI server on 127.0.0.1, as `tiny-served`, with LoRA and
+    runtime adapter loading (rank <= 16); stopped at the end of the session."""
+    pytest.importorskip("vllm", reason="vllm(-cpu) not installed")
+    from tests.servers.vllm_server import VLLMServer
+
+    with VLLMServer(tiny_model_path, tmp_path_factory.mktemp("vllm") / "server.log") as server:
+        yield server
