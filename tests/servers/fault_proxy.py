@@ -40,6 +40,7 @@ class FaultProxy:
         self.lock = threading.Lock()
         self.log: list[dict] = []
         self.connections: set[socket.socket] = set()
+        self.killed = False
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -53,6 +54,8 @@ class FaultProxy:
                 self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 with proxy.lock:
                     proxy.connections.add(self.connection)
+                    if proxy.killed:
+                        self.connection.shutdown(socket.SHUT_RDWR)
 
             def finish(self):
                 with proxy.lock:
@@ -95,15 +98,16 @@ class FaultProxy:
         self.kill()
 
     def kill(self) -> None:
-        """Stop listening and drop every open connection, as a crashed server would."""
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        """Drop every open connection and stop listening, as a crashed server would."""
         with self.lock:
+            self.killed = True
             for conn in list(self.connections):
                 try:
                     conn.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+        self.httpd.shutdown()
+        self.httpd.server_close()
 
     def completions(self) -> list[dict]:
         return [e for e in self.log if e["path"].endswith("/completions")]
@@ -114,6 +118,9 @@ class FaultProxy:
         completion = handler.command == "POST" and handler.path.endswith("/completions")
         prompt = (body.get("messages") or [{}])[-1].get("content", "") if completion else ""
         with self.lock:
+            if self.killed:
+                handler.close_connection = True
+                return handler.connection.shutdown(socket.SHUT_RDWR)
             fault = None
             if completion and self.rng.random() < self.fault_rate:
                 fault = self.faults[self._next_fault % len(self.faults)]
