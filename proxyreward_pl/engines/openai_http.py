@@ -176,9 +176,12 @@ class OpenAIEngine(Engine):
                     return
                 except openai.APITimeoutError as exc:
                     last, wait = f"{type(exc).__name__}: {exc}", self._backoff(attempt)
-                except openai.APIConnectionError as exc:  # refused or dropped: leave this server alone a while
+                except openai.APIConnectionError as exc:  # refused or dropped
                     last = f"{type(exc).__name__} ({endpoint.name}): {exc}"
-                    endpoint.unreachable(time.monotonic(), s.retry_initial, s.retry_max, self.rng)
+                    if len(self.endpoints) > 1:  # leave it alone a while: the others take its requests
+                        endpoint.unreachable(time.monotonic(), s.retry_initial, s.retry_max, self.rng)
+                    else:
+                        wait = self._backoff(attempt)
                 except openai.RateLimitError as exc:
                     last = f"{type(exc).__name__}: {exc}"
                     now, headers = time.monotonic(), exc.response.headers

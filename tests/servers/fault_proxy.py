@@ -79,6 +79,7 @@ class FaultProxy:
 
         class Server(ThreadingHTTPServer):
             daemon_threads = True
+            request_queue_size = 128
 
             def handle_error(self, request, client_address):  # a client that gave up, or a killed proxy
                 pass

@@ -35,7 +35,7 @@ class JudgeServer:
         self.rating = rating
         self.mention_rule = mention_rule  # decide a statement True only if the response contains it verbatim
         self.lock = threading.Lock()
-        self.log: list[dict] = []  # one entry per request received: {"prompt_hash", "fault"}
+        self.log: list[dict] = []  # one entry per request received: {"prompt_hash", "fault", "time", ...}
         self.in_flight = self.max_in_flight = 0
         server = self
 
@@ -69,6 +69,8 @@ class JudgeServer:
                 self.wfile.write(data)
 
         class Server(ThreadingHTTPServer):
+            request_queue_size = 128  # the default 5 resets connections when a client opens 32 at once
+
             def handle_error(self, request, client_address):  # a client that gave up on a slow reply
                 pass
 
@@ -103,6 +105,7 @@ class JudgeServer:
                 fault = self.faults[self._next_fault % len(self.faults)]
                 self._next_fault += 1
             self.log.append({"prompt_hash": hashlib.sha256(prompt.encode()).hexdigest(), "fault": fault,
+                             "time": time.monotonic(),
                              "path": handler.path, "structured_outputs": body.get("structured_outputs"),
                              "response_format": body.get("response_format")})
             self.in_flight += 1
