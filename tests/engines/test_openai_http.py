@@ -116,6 +116,12 @@ def test_a_servers_own_rate_limit_headers_are_honoured():
     assert server.refused <= 8
 
 
+def test_a_request_that_can_never_fit_the_token_budget_fails_saying_so():
+    with CountingServer() as server:
+        [res] = ask(engine(server.url, max_tokens_per_minute=100), [Request(MESSAGES, max_tokens=200)])
+    assert not res.ok and "over budget" in res.error and server.bodies == []
+
+
 # -- several endpoints ------------------------------------------------------------------------------------
 def test_requests_spread_over_endpoints_by_least_outstanding():
     with CountingServer(latency=0.05) as a, CountingServer(latency=0.05) as b:
