@@ -22,7 +22,7 @@ from pathlib import Path
 import openai
 
 from .base import Engine, Request, Result
-from .endpoints import AdapterRefused, Endpoint, load_adapter, path_on_server, pick, unload_adapter
+from .endpoints import Endpoint, load_adapter, path_on_server, pick, unload_adapter
 from .ratelimit import BudgetError, Budgets, estimate_tokens, retry_after
 
 UNREADABLE = (openai.APIResponseValidationError, ValueError, AttributeError, IndexError, TypeError, KeyError)
@@ -216,11 +216,11 @@ class OpenAIEngine(Engine):
         try:
             if self.retired:
                 self.retired = await self._unload(self.retired)
-            async with asyncio.TaskGroup() as group:  # a refused adapter stops every request
+            async with asyncio.TaskGroup() as group:  # an error (a refused adapter) stops every request
                 for r in requests:
                     group.create_task(self._one(sem, r, on_result))
-        except* AdapterRefused as refused:
-            raise refused.exceptions[0] from None
+        except* Exception as failed:
+            raise failed.exceptions[0] from None
         finally:
             for endpoint in self.endpoints:
                 endpoint.loading.clear()
