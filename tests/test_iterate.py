@@ -243,7 +243,7 @@ def test_iterate_with_a_served_policy_loads_each_adapter_at_run_time(vllm_server
     served = ["--policy.engine", "openai", "--policy.model", "tiny-served", "--policy.server", "vllm",
               "--policy.per_request_seed", "false", "--judge.engine", "openai", "--judge.base_url", vllm_server.url,
               "--judge.model", "tiny-served", "--judge.server", "vllm", "--judge.mode", "generate",
-              "--judge.max_tokens", "128", "--judge.per_request_seed", "false"]
+              "--judge.max_tokens", "256", "--judge.per_request_seed", "false"]
     with FaultProxy(vllm_server.url) as proxy:  # in front of the policy's server, to see what it was asked
         proc = subprocess.run(iterate_cmd(root, *served, "--policy.base_url", proxy.url), cwd=REPO,
                               capture_output=True, text=True, timeout=1200)

