@@ -1,11 +1,16 @@
 """Judge throughput, in one run: the client against a local server, and the logprob judge's prefix sharing.
 
     python benchmarks/bench_judge.py [--latency 0.2] [--concurrency 32] [--requests 512]   (make bench-judge)
+        [--rpm 1200] [--rpm-requests 300]
         [--responses 16] [--statements 15] [--engines hf,vllm] [--rounds 2] [--threads N]
 
 Client: the server (tests/servers/judge.py, on 127.0.0.1) sleeps `latency` seconds per request; the ideal rate
 at concurrency C is C / latency. Prints the achieved requests/s, its ratio to C/L, and the speed-up over a
 one-request-at-a-time client (concurrency 1) on the same server.
+
+Rate limits: the same client under a budget of `rpm` requests per minute (below what C/L allows): the rate it
+achieved over the budget, and the most requests the server saw in any one second against the budget's
+per-second share (the budget is spread, not burst).
 
 Prefix sharing: the tiny model as logprob judge, the statements of each response asked one request each (the
 production requests, `judging.proxy_requests`), with and without sharing the prefix (instructions, question
@@ -33,9 +38,9 @@ from proxyreward_pl.settings import EngineSettings  # noqa: E402
 from tests.servers.judge import JudgeServer  # noqa: E402
 
 
-def run(url: str, concurrency: int, n: int, tag: str) -> float:
+def run(url: str, concurrency: int, n: int, tag: str, rpm: int | None = None) -> float:
     engine = make_engine(EngineSettings(engine="openai", model="judge", base_url=url, max_concurrency=concurrency,
-                                        timeout=30))
+                                        timeout=30, max_requests_per_minute=rpm))
     requests = [Request([{"role": "user", "content": f"{tag} {i}\n1. statement\nDecide each numbered statement"}],
                         max_tokens=8) for i in range(n)]
     done = []
@@ -108,6 +113,15 @@ def prefix_sharing(responses: int, statements: int, engines: list[str], rounds: 
         print(f"  {kind:5} shared / whole = x{rows[(kind, True)][0] / rows[(kind, False)][0]:.2f}")
 
 
+def max_in_window(times: list[float], window: float) -> int:
+    best, start = 0, 0
+    for end, t in enumerate(times):
+        while t - times[start] >= window:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--latency", type=float, default=0.2)
@@ -119,6 +133,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="prefix sharing: rounds per engine (the best counts)")
     ap.add_argument("--threads", type=int, default=None,
                     help="prefix sharing: torch threads of the HF engine (default: torch's; 1 steadies a busy machine)")
+    ap.add_argument("--rpm", type=int, default=1200, help="the rate-limited case's budget, requests per minute")
+    ap.add_argument("--rpm-requests", type=int, default=300)
     args = ap.parse_args()
     if args.threads:
         import torch
@@ -133,11 +149,17 @@ def main() -> None:
         seq = run(server.url, 1, sequential_n, "seq")
         conc = run(server.url, args.concurrency, args.requests, "conc")
         peak = server.max_in_flight
+        server.log.clear()
+        limited = run(server.url, args.concurrency, args.rpm_requests, "rpm", rpm=args.rpm) * 60
+        arrivals = sorted(e["time"] for e in server.log)
     ideal = args.concurrency / args.latency
     print(f"latency {args.latency * 1000:.0f} ms, concurrency {args.concurrency}, {args.requests} requests")
     print(f"  one at a time : {seq:7.1f} req/s   (ideal {1 / args.latency:.1f})")
     print(f"  concurrent    : {conc:7.1f} req/s   (ideal C/L {ideal:.1f}; peak in flight {peak})")
     print(f"  achieved / (C/L) = {conc / ideal:.2f}   speed-up over one at a time = x{conc / seq:.1f}")
+    print(f"rate-limited: budget {args.rpm} requests/min, concurrency {args.concurrency}, {args.rpm_requests} requests")
+    print(f"  achieved      : {limited:7.1f} req/min   achieved / budget = {limited / args.rpm:.3f}")
+    print(f"  most in any 1 s: {max_in_window(arrivals, 1.0)} (budget / 60 = {args.rpm / 60:.0f})")
     if engines:
         prefix_sharing(args.responses, args.statements, engines, args.rounds)
 

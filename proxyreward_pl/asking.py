@@ -10,6 +10,7 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from . import models
@@ -140,46 +141,62 @@ def ask(engine: Engine, asked: list[Asked], retries: int, tokens: Tokens, label:
             if not round_["bad"] or attempt == retries:
                 break
             pending = [dataclasses.replace(a, request=dataclasses.replace(
-                a.request, temperature=max(a.request.temperature, 0.5), seed=(a.request.seed or 0) + attempt + 1))
-                for a in round_["bad"]]
+                a.request, temperature=max(a.request.temperature, 0.5), seed=(a.request.seed or 0) + attempt + 1,
+                origin=a.request)) for a in round_["bad"]]
     finally:
         progress.close()
     return outcomes
 
 
-def policy_of(lake: Lake, iteration: int, engine: EngineSettings,
-              prefix: str = "iteration-") -> tuple[EngineSettings, str | None, str]:
-    """(engine settings, adapter to pass to the engine, policy name for the rows) of iteration N's policy:
-    the base model (N = 0), the base plus N's LoRA adapter, or N's fully fine-tuned model."""
+@dataclass(frozen=True)
+class Policy:
+    """Iteration N's policy: the engine settings that run it, what requests name as its adapter, the name rows
+    record, and the adapter's folder."""
+
+    engine: EngineSettings
+    adapter: str | None
+    """None (the base model, or a fully fine-tuned one), the adapter's folder (in-process engines) or the name
+    it is served under (openai)."""
+    name: str
+    """`<model>+base`, `<model>+adapter:<hash of its weights>` or `<model>+full:<hash>`, as rows record it."""
+    path: Path | None = None
+
+
+def policy_of(lake: Lake, iteration: int, engine: EngineSettings, prefix: str = "iteration-") -> Policy:
+    """Iteration N's policy: the base model (N = 0), the base plus N's LoRA adapter, or N's fully fine-tuned
+    model. A served adapter's name carries its weights' hash: every version gets a new name, since re-loading a
+    name with new weights can serve stale prefix-cache blocks (vLLM #42125)."""
     if iteration == 0:
-        return engine, None, f"{engine.model}+base"
+        return Policy(engine, None, f"{engine.model}+base")
     full = lake.model_dir(iteration)
     if (full / "config.json").exists():
         if engine.engine == "openai":
             raise ProxyRewardError(f"iteration {iteration}'s policy is a fully fine-tuned model ({full}); a server "
                                    "cannot load it at run time: serve it (vllm serve that folder) and point "
                                    "--policy.model at it, or train with LoRA")
-        return (dataclasses.replace(engine, model=str(full)), None,
-                f"{engine.model}+full:{weights_digest(full)}")
+        return Policy(dataclasses.replace(engine, model=str(full)), None, f"{engine.model}+full:{weights_digest(full)}")
     path = lake.adapter_dir(iteration)
     if not (path / "adapter_model.safetensors").exists():
         raise ProxyRewardError(f"iteration {iteration}'s policy needs its adapter in {path}; train iteration "
                                f"{iteration} first")
     digest = weights_digest(path, "adapter_model.safetensors")
-    adapter = f"{prefix}{iteration}" if engine.engine == "openai" else str(path)
-    return engine, adapter, f"{engine.model}+adapter:{digest}"
+    adapter = f"{prefix}{iteration}-{digest}" if engine.engine == "openai" else str(path)
+    return Policy(engine, adapter, f"{engine.model}+adapter:{digest}", path)
 
 
 def sample(engine, questions: list[dict], *, iteration: int, k: int, temperature: float, top_p: float,
-           max_new_tokens: int, seed: int, adapter: str | None, policy: str, label: str,
+           max_new_tokens: int, seed: int, policy: Policy, label: str,
            first_index: int = 0) -> tuple[list[dict], dict]:
     """k answers to every question: rollout rows (in question order, `sample_index` counting from
     `first_index`; -1 marks evaluation's extra greedy answer) and token counts. The prompt is the question, or
     its context and the question (`policy_prompt`), cut to fit the engine's max_model_len."""
+    adapter = policy.adapter
+    if adapter is not None and policy.path is not None:
+        engine.serve_adapter(adapter, policy.path)
     texts, truncated = sampling_prompts(questions, engine.settings, max_new_tokens)
     requests = [Request([{"role": "user", "content": texts[q["question_id"]]}], max_tokens=max_new_tokens,
                         temperature=temperature, top_p=top_p, n=k, adapter=adapter,
-                        adapter_version=policy if adapter else None,
+                        adapter_version=policy.name if adapter else None,
                         seed=seed * 1_000_003 + zlib.crc32(q["question_id"].encode()), tag=q["question_id"])
                 for q in questions]
     got: dict[str, Result] = {}
@@ -210,7 +227,7 @@ def sample(engine, questions: list[dict], *, iteration: int, k: int, temperature
         answers = zip(res.texts, res.finish_reasons, res.completion_tokens, strict=True)
         for j, (text, reason, n) in enumerate(answers, start=first_index):
             rows.append({"iteration": iteration, "rollout_id": f"{iteration}:{q['question_id']}:{j}",
-                         "question_id": q["question_id"], "policy": policy, "sample_index": j, "response": text,
+                         "question_id": q["question_id"], "policy": policy.name, "sample_index": j, "response": text,
                          "n_tokens": int(n), "finish_reason": reason})
     tokens["seconds"] = time.perf_counter() - t0
     tokens["tokens_per_second"] = tokens["generated"] / max(tokens["seconds"], 1e-9)

@@ -53,7 +53,8 @@ def evaluate(
     policy, judge = resolve_engine(policy, tiny), resolve_engine(judge, tiny)
     eval_judge = resolve_engine(evaluation.judge, tiny) if evaluation.judge is not None else judge
     judges = [("eval", eval_judge)] + ([("training", judge)] if eval_judge != judge else [])
-    policy, adapter, name = policy_of(lk, iteration, policy, sampling.served_adapter_prefix)
+    served = policy_of(lk, iteration, policy, sampling.served_adapter_prefix)
+    policy, name = served.engine, served.name
     questions = lk.sql("SELECT question_id, text, context FROM meta_questions WHERE split = 'eval' "
                        "ORDER BY question_id").to_dicts()
     if not questions:
@@ -67,11 +68,11 @@ def evaluate(
         try:
             rows, gen_tokens = sample(gen, questions, iteration=iteration, k=evaluation.samples,
                                       temperature=0.0 if greedy else evaluation.temperature, top_p=1.0,
-                                      max_new_tokens=evaluation.max_new_tokens, seed=0, adapter=adapter, policy=name,
+                                      max_new_tokens=evaluation.max_new_tokens, seed=0, policy=served,
                                       label=f"eval answers of iteration {iteration}")
             if evaluation.greedy and not greedy:
                 extra, more = sample(gen, questions, iteration=iteration, k=1, temperature=0.0, top_p=1.0,
-                                     max_new_tokens=evaluation.max_new_tokens, seed=0, adapter=adapter, policy=name,
+                                     max_new_tokens=evaluation.max_new_tokens, seed=0, policy=served,
                                      label=f"greedy eval answers of iteration {iteration}", first_index=-1)
                 rows += extra
                 gen_tokens["generated"] += more["generated"]

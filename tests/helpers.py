@@ -103,3 +103,18 @@ def small_settings(model_path: Path, **trainer) -> TrainingSettings:
         trainer=TrainerSettings(**{"epochs": 1, "accumulate_grad_batches": 1, "checkpoint_every_n_steps": 1000,
                                    "loggers": ("csv",), "progress_bar": False, **trainer}),
     )
+
+
+# -- adapters ------------------------------------------------------------------------------------------
+def save_random_adapter(model_path: Path, folder: Path, rank: int = 16, seed: int = 0) -> Path:
+    """A LoRA adapter with random (non-zero) weights on the attention projections, in PEFT format."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_path),
+                           LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj"],
+                                      init_lora_weights=False))
+    model.save_pretrained(folder)
+    return folder

@@ -4,6 +4,7 @@ the report and the notebooks, on a lake the tiny pipeline really produced."""
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import pytest
 
 from proxyreward_pl.lake import Lake
 from tests.helpers import REPO, SMALL, iterate_cmd, run_cli
+from tests.servers.fault_proxy import FaultProxy
 
 
 def table_counts(lake: Lake) -> dict:
@@ -270,3 +272,41 @@ def test_the_conflict_reward_is_scored_when_it_is_of_another_family():
     assert scored(reward="length", conflict_reward="llm_judge") == ["proxy", "length", "llm_judge"]
     assert scored(reward="longreward", conflict_reward="longreward_helpfulness") == ["proxy", "longreward"]
     assert scored(reward="length", conflict_reward=None) == ["proxy", "length"]
+
+
+@pytest.mark.slow
+def test_iterate_with_a_served_policy_loads_each_adapter_at_run_time(vllm_server, tmp_path):
+    """Policy and judge on the real vLLM server, no restart: iteration 2 samples with iteration 1's adapter,
+    loaded at run time under a name carrying its weights' hash, which the rows record; iteration 1's adapter is
+    unloaded once iteration 2's takes over, and iteration 2's when the run ends."""
+    root = tmp_path / "lake"
+    pid = vllm_server.proc.pid
+    served = ["--policy.engine", "openai", "--policy.model", "tiny-served", "--policy.server", "vllm",
+              "--policy.per_request_seed", "false", "--judge.engine", "openai", "--judge.base_url", vllm_server.url,
+              "--judge.model", "tiny-served", "--judge.server", "vllm", "--judge.mode", "generate",
+              "--judge.max_tokens", "256", "--judge.per_request_seed", "false"]
+    with FaultProxy(vllm_server.url) as proxy:  # in front of the policy's server, to see what it was asked
+        proc = subprocess.run(iterate_cmd(root, *served, "--policy.base_url", proxy.url), cwd=REPO,
+                              capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lake = Lake(root)
+    digest = {n: hashlib.sha256((lake.adapter_dir(n) / "adapter_model.safetensors").read_bytes()).hexdigest()[:12]
+              for n in (1, 2)}
+    name = {n: f"iteration-{n}-{digest[n]}" for n in (1, 2)}
+    policies = dict(lake.sql("SELECT iteration, any_value(policy) FROM rollouts GROUP BY 1").rows())
+    assert policies == {1: "tiny-served+base", 2: f"tiny-served+adapter:{digest[1]}"}
+    evaluated = dict(lake.sql("SELECT iteration, any_value(policy) FROM evaluations GROUP BY 1").rows())
+    assert evaluated == {0: "tiny-served+base", 1: f"tiny-served+adapter:{digest[1]}",
+                         2: f"tiny-served+adapter:{digest[2]}"}
+
+    def calls(route: str) -> list[dict]:
+        return [e["body"] for e in proxy.log if e["path"].endswith(route)]
+
+    assert calls("/load_lora_adapter") == [{"lora_name": name[n], "lora_path": str(lake.adapter_dir(n))}
+                                           for n in (1, 2)]
+    assert calls("/unload_lora_adapter") == [{"lora_name": name[1]}, {"lora_name": name[2]}]
+    asked = [e["model"] for e in proxy.completions()]
+    assert asked.count(name[1]) == 16 + 6  # iteration 1's eval answers, then iteration 2's rollouts
+    assert asked.count(name[2]) == 16 and asked.count("tiny-served") == 16 + 6
+    assert vllm_server.proc.pid == pid and vllm_server.proc.poll() is None  # never restarted
+    assert [m["id"] for m in vllm_server.models()] == ["tiny-served"]

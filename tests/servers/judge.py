@@ -40,7 +40,7 @@ class JudgeServer:
         # decide a statement only if the response shares this many of its words (4+ letters), else Unknown
         self.min_shared_words = min_shared_words
         self.lock = threading.Lock()
-        self.log: list[dict] = []  # one entry per request received: {"prompt_hash", "fault"}
+        self.log: list[dict] = []  # one entry per request received: {"prompt_hash", "fault", "time", ...}
         self.in_flight = self.max_in_flight = 0
         self._seen: list[list[str]] = []  # the prompts answered so far, as words
         server = self
@@ -75,6 +75,8 @@ class JudgeServer:
                 self.wfile.write(data)
 
         class Server(ThreadingHTTPServer):
+            request_queue_size = 128  # the default 5 resets connections when a client opens 32 at once
+
             def handle_error(self, request, client_address):  # a client that gave up on a slow reply
                 pass
 
@@ -109,6 +111,7 @@ class JudgeServer:
                 fault = self.faults[self._next_fault % len(self.faults)]
                 self._next_fault += 1
             self.log.append({"prompt_hash": hashlib.sha256(prompt.encode()).hexdigest(), "fault": fault,
+                             "time": time.monotonic(),
                              "path": handler.path, "structured_outputs": body.get("structured_outputs"),
                              "response_format": body.get("response_format")})
             self.in_flight += 1
