@@ -61,15 +61,13 @@ def test_a_judge_that_answers_from_its_own_knowledge_is_caught(seeded_lake, tmp_
     assert len(verdicts) == report["statements"] == sum(c["n"] for c in report["per_class"].values())
     expected_answer = {"True": lambda s: str(s["answer"]), "False": lambda s: str(s["answer"]),
                        "Unknown": lambda s: "Unknown"}
-    if mode == "logprob":  # True or False only: the fixture's Unknown (a tie) comes back as False
-        expected_answer["Unknown"] = lambda s: "False"
     for v in verdicts:
         assert v["answered"] == expected_answer[v["expected"]](by_id[v["statement_id"]]), v
     true_share = {c: sum(by_id[v["statement_id"]]["answer"] for v in verdicts if v["expected"] == c)
                   / report["per_class"][c]["n"] for c in ("True", "False")}
     assert report["per_class"]["True"]["accuracy"] == pytest.approx(true_share["True"])
     assert report["per_class"]["False"]["accuracy"] == pytest.approx(1 - true_share["False"])
-    assert report["per_class"]["Unknown"]["accuracy"] == (1.0 if mode == "generate" else 0.0)
+    assert report["per_class"]["Unknown"]["accuracy"] == 1.0  # both modes can say Unknown
 
 
 def test_probe_of_the_tiny_judge_through_the_cli_is_paid_once(seeded_lake, tmp_path):

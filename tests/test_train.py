@@ -10,6 +10,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from proxyreward_pl.identity import adapter_identity
 from tests.helpers import REPO, add_pairs, run_cli
 
 FAST = ["--config", "configs/tiny.yaml", "--trainer.epochs", "1", "--data.max_length", "128",
@@ -48,7 +49,7 @@ def test_iteration_two_starts_from_iteration_one(seeded_lake):
     run_cli("train", "--iteration", "1", *FAST, lake=seeded_lake.root, check=True)
     run_cli("train", "--iteration", "2", *FAST, lake=seeded_lake.root, check=True)
     refs = seeded_lake.read("pairs", 2)["ref_adapter"].unique().to_list()
-    assert refs == [str(seeded_lake.root / "adapters" / "iteration=1")]  # reference = the rollout policy
+    assert refs == [adapter_identity(str(seeded_lake.adapter_dir(1)))]  # reference = the rollout policy
 
 
 def test_train_without_pairs_is_a_clear_error(seeded_lake):
