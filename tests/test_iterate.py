@@ -168,7 +168,7 @@ def test_iterate_with_two_ddp_ranks_then_a_fresh_train_over_its_checkpoints(pipe
         torch.testing.assert_close(again[k], v, atol=1e-6, rtol=0)
 
 
-def test_engines_hand_the_accelerator_back_before_training_and_take_it_after(seeded_lake):
+def test_engines_hand_the_accelerator_back_before_training_and_take_it_after(seeded_lake, pipeline_judge):
     from proxyreward_pl.engines import shared_engines
     from proxyreward_pl.iterate import run_loop
     from proxyreward_pl.settings import (
@@ -184,14 +184,15 @@ def test_engines_hand_the_accelerator_back_before_training_and_take_it_after(see
     )
 
     settings = LoopSettings(
-        policy=EngineSettings(engine="hf"), judge=JudgeSettings(engine="hf", mode="logprob"),
+        policy=EngineSettings(engine="hf"),
+        judge=JudgeSettings(engine="openai", base_url=pipeline_judge, model="judge", mode="logprob", timeout=10),
         sampling=RolloutSettings(k=3, max_questions=6, max_new_tokens=24), evaluation=EvalSettings(max_new_tokens=24),
         training=TrainingSettings(lora=LoraSettings(r=4, alpha=8), data=DataSettings(max_length=128),
                                   trainer=TrainerSettings(epochs=1, accelerator="cpu", devices=1, loggers=(),
                                                           progress_bar=False)))
     with shared_engines() as pool:
         run_loop(seeded_lake, settings, iterations=1, report=False)
-        events = {engine.identity: list(engine.events) for engine in pool.values()}
+        events = {engine.identity: list(engine.events) for engine in pool.values() if engine.kind == "hf"}
     assert events and all(e == ["load", "hand_back", "load"] for e in events.values()), events
     assert seeded_lake.sql("SELECT count(*) FROM evaluations WHERE iteration = 1").item() > 0
 
@@ -284,9 +285,9 @@ def test_iterate_with_a_served_policy_loads_each_adapter_at_run_time(vllm_server
     served = ["--policy.engine", "openai", "--policy.model", "tiny-served", "--policy.server", "vllm",
               "--policy.per_request_seed", "false", "--judge.engine", "openai", "--judge.base_url", vllm_server.url,
               "--judge.model", "tiny-served", "--judge.server", "vllm", "--judge.mode", "generate",
-              "--judge.max_tokens", "256", "--judge.per_request_seed", "false"]
+              "--judge.max_tokens", "256", "--judge.per_request_seed", "false", "--judge.timeout", "300"]
     with FaultProxy(vllm_server.url) as proxy:  # in front of the policy's server, to see what it was asked
-        proc = subprocess.run(iterate_cmd(root, *served, "--policy.base_url", proxy.url), cwd=REPO,
+        proc = subprocess.run(iterate_cmd(root, vllm_server.url, *served, "--policy.base_url", proxy.url), cwd=REPO,
                               capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lake = Lake(root)

@@ -29,7 +29,8 @@ class JudgeServer:
     def __init__(self, truth: dict[str, bool] | None = None, fault_rate: float = 0.0,
                  faults: tuple[str, ...] = FAULTS, latency: float = 0.0, slow_seconds: float = 3.0,
                  seed: int = 0, rating: int = 7, mention_rule: bool = False,
-                 logprobs: dict[str, dict[str, float]] | None = None, min_shared_words: int | None = None):
+                 logprobs: dict[str, dict[str, float]] | None = None, min_shared_words: int | None = None,
+                 decide_fraction: float = 0.0):
         self.truth = truth or {}
         self.logprobs = logprobs or {}  # statement -> the top log-probs a single-statement request gets
         self.fault_rate, self.faults, self.latency, self.slow_seconds = fault_rate, faults, latency, slow_seconds
@@ -39,6 +40,9 @@ class JudgeServer:
         self.mention_rule = mention_rule  # decide a statement True only if the response contains it verbatim
         # decide a statement only if the response shares this many of its words (4+ letters), else Unknown
         self.min_shared_words = min_shared_words
+        # ... or when a hash of (statement, response) falls below this fraction: verdicts that depend on the
+        # answer whatever its quality (a tiny model's answers may share no word with any statement)
+        self.decide_fraction = decide_fraction
         self.lock = threading.Lock()
         self.log: list[dict] = []  # one entry per request received: {"prompt_hash", "fault", "time", ...}
         self.in_flight = self.max_in_flight = 0
@@ -158,7 +162,9 @@ class JudgeServer:
         if self.mention_rule and statement.lower() not in response.lower():
             return "Unknown"
         if self.min_shared_words is not None and len(_words(statement) & _words(response)) < self.min_shared_words:
-            return "Unknown"
+            digest = hashlib.sha256(f"{statement}\n{response}".encode()).digest()
+            if int.from_bytes(digest[:4], "big") / 2**32 >= self.decide_fraction:
+                return "Unknown"
         return "True" if self.truth[statement] else "False"
 
     def _answer(self, prompt: str, body: dict, fault: str | None) -> tuple[str, dict | None]:
