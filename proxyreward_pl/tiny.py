@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from .console import say
 from .paths import CACHE_DIR, PROMPTS_DIR, SEED_DIR
 from .settings import TinySettings
 
@@ -58,14 +59,16 @@ def _train_records(seed_dir: Path) -> list[dict]:
 
 def corpus_texts(seed_dir: Path = SEED_DIR, corpus: str | None = None) -> list[str]:
     """The local text the tokenizer learns from: the corpus's dialogues (or the bundled dataset's train
-    questions and statements), prompt templates, stdlib docs."""
+    questions and statements, and the prompt templates, which the tiny judge reads), stdlib docs. A corpus's
+    model (the closed world's policy) leaves the templates out, so that editing a prompt does not rebuild it."""
     texts = []
     if corpus:
         texts.extend(m["content"] for d in read_dialogues(corpus) for m in d)
-    for rec in _train_records(seed_dir) if not corpus else []:
-        texts.append(rec["text"])
-        texts.extend(s["statement"] for s in rec.get("proxy_questions", []))
-    texts.extend(p.read_text(encoding="utf-8") for p in sorted(PROMPTS_DIR.glob("*")) if p.is_file())
+    else:
+        for rec in _train_records(seed_dir):
+            texts.append(rec["text"])
+            texts.extend(s["statement"] for s in rec.get("proxy_questions", []))
+        texts.extend(p.read_text(encoding="utf-8") for p in sorted(PROMPTS_DIR.glob("*")) if p.is_file())
     for name in _STDLIB_TEXT:
         mod = importlib.import_module(name)
         texts.append(mod.__doc__ or "")
@@ -174,7 +177,7 @@ def build(out: Path, config: TinySettings = TinySettings()) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    print(f"tiny model: {info['parameters'] / 1e6:.2f}M parameters, vocab {len(tokenizer)}, "
+    say(f"tiny model: {info['parameters'] / 1e6:.2f}M parameters, vocab {len(tokenizer)}, "
           f"warm-up loss {loss if loss is None else round(loss, 3)}, {info['build_seconds']} s -> {out}")
     return out
 
