@@ -14,6 +14,7 @@ import polars as pl
 
 from . import prompts
 from .asking import Tokens, ask, policy_of, resolve_engine, sample
+from .console import say
 from .engines import make_engine
 from .errors import ProxyRewardError
 from .judging import judge_name, proxy_requests, proxy_rows, rated_request, rated_rows, statements_by_question
@@ -92,7 +93,8 @@ def evaluate(
             finally:
                 engine.close()
         frame = pl.DataFrame(scores).filter(pl.col("status") == "ok")
-        evaluations = (frame.group_by("question_id", "reward").agg(pl.col("score").mean(), pl.col("judge").first())
+        evaluations = (frame.group_by("question_id", "reward").agg(pl.col("score").mean(), pl.col("judge").first(),
+                                                                  pl.col("prompt_hash").first())
                        .with_columns(iteration=pl.lit(iteration), policy=pl.lit(name)).sort("question_id", "reward"))
         with lk.transaction() as tx:
             tx.replace("eval_rollouts", rows, iteration=iteration)
@@ -110,7 +112,7 @@ def evaluate(
     if "training" in names:
         line += (f"; by the training judge {means.get('training_judge_proxy_accuracy', nan):.3f}, "
                  f"{means.get('training_judge_proxy_precision', nan):.3f}")
-    print(line)
+    say(line)
     return dict(metrics)
 
 
@@ -147,5 +149,6 @@ def win_rate_rows(lk: Lake, iteration: int, rows: list[dict], questions: dict, e
         win = None if not ok else 1.0 if mine["score"] > theirs["score"] else 0.5 if mine["score"] == theirs[
             "score"] else 0.0
         out.append({"question_id": r["question_id"], "rollout_id": r["rollout_id"], "reward": "llm_judge_win_vs_0",
-                    "score": win, "status": "ok" if ok else "failed", "judge": name})
+                    "score": win, "status": "ok" if ok else "failed", "judge": name,
+                    "prompt_hash": mine["prompt_hash"]})
     return out

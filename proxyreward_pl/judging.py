@@ -81,7 +81,7 @@ def proxy_rows(iteration: int, rollouts: list[dict], statements: dict[str, list[
     for r in rollouts:
         stmts = statements.get(r["question_id"], [])
         base = {"iteration": iteration, "rollout_id": r["rollout_id"], "question_id": r["question_id"],
-                "judge": judge_name}
+                "judge": judge_name, "prompt_hash": prompt_hash}
         if not stmts:
             for reward, _ in PROXY_REWARDS:
                 scores.append({**base, "reward": reward, "score": None, "status": "failed",
@@ -97,10 +97,10 @@ def proxy_rows(iteration: int, rollouts: list[dict], statements: dict[str, list[
             errors = [o.error] if o.error else []
         failed = bool(errors)
         for s, p in zip(stmts, predicted, strict=True):
-            judgments.append({**{k: base[k] for k in ("iteration", "rollout_id", "judge")},
+            judgments.append({**{k: base[k] for k in ("iteration", "rollout_id", "judge", "prompt_hash")},
                               "statement_id": s["statement_id"], "predicted": None if failed else p,
                               "status": "failed" if failed else ("unknown" if p is None else "ok"),
-                              "prompt_hash": prompt_hash, "detail": errors[0] if failed else None})
+                              "detail": errors[0] if failed else None})
         sc = None if failed else proxy_scores([s["answer"] for s in stmts], predicted,
                                               [s.get("weight") or 1.0 for s in stmts])
         for reward, field in PROXY_REWARDS:
@@ -137,10 +137,13 @@ def rated_request(template: str, rollout: dict, question: dict, judge: JudgeSett
 
 
 def rated_rows(iteration: int, rollouts: list[dict], outcomes: dict, reward: str, judge_name: str) -> list[dict]:
+    """Score rows of one rating per response (llm_judge), with the template's hash."""
+    prompt_hash = prompts.template_hash(reward)
     rows = []
     for r in rollouts:
         o = outcomes[(r["rollout_id"], reward)]
         rows.append({"iteration": iteration, "rollout_id": r["rollout_id"], "question_id": r["question_id"],
                      "judge": judge_name, "reward": reward, "status": "failed" if o.error else "ok",
-                     "score": None if o.error else normalise_llm_judge(o.value[0]), "detail": o.error or o.value[1]})
+                     "score": None if o.error else normalise_llm_judge(o.value[0]), "detail": o.error or o.value[1],
+                     "prompt_hash": prompt_hash})
     return rows

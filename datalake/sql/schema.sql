@@ -59,7 +59,8 @@ CREATE TABLE scores (
     status      VARCHAR NOT NULL CHECK (status IN ('ok', 'failed')),
     judge       VARCHAR,                 -- engine:model|mode that produced it
     detail      VARCHAR,                 -- the failure's reason, or the judge's rationale
-    prompt_hash VARCHAR,                 -- hash(es) of the prompt template(s) behind it, '+'-joined (LongReward)
+    prompt_hash VARCHAR,                 -- hash(es) of the judge's prompt template(s), '+'-joined (LongReward);
+                                         -- NULL for length
     PRIMARY KEY (iteration, rollout_id, reward)
 );
 
@@ -117,5 +118,6 @@ CREATE TABLE evaluations (
                                          -- ... by the training judge when the evaluation judge is another one
     score       DOUBLE,
     judge       VARCHAR,                 -- engine:model|mode that scored it
+    prompt_hash VARCHAR,                 -- hash of the judge's prompt template
     PRIMARY KEY (iteration, policy, question_id, reward)
 );
