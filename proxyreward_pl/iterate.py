@@ -19,9 +19,11 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import polars as pl
 
+from .console import captured, say
 from .engines import hand_back_engines, shared_engines
 from .errors import ProxyRewardError
 from .evaluate import evaluate as evaluate_stage
@@ -82,7 +84,7 @@ def warn_if_degenerating(lake: Lake, iteration: int) -> str:
     rows = health(lake).filter(pl.col("iteration") == iteration).to_dicts()
     flags = rows[0]["flags"] if rows else ""
     if flags:
-        print(f"[iterate] WARNING iteration {iteration}: {flags}", flush=True)
+        say(f"[iterate] WARNING iteration {iteration}: {flags}")
     return flags
 
 
@@ -128,37 +130,51 @@ def plan(s: LoopSettings, iterations: int) -> list[Step]:
     return steps
 
 
-def run_loop(lake: Lake, settings: LoopSettings, iterations: int = 2, report: bool = True) -> pl.DataFrame:
-    """Every step of `plan` without a finished run, in order, under the lake's iterate lock; then the summary."""
+def step_log(lake: Lake, step: Step) -> Path:
+    """The log file of one step's output (vLLM, Lightning, transformers), unless --verbose."""
+    name = f"{step.stage}-{step.reward}" if step.reward else step.stage
+    return lake.root / "logs" / f"iteration={step.iteration}" / f"{name}.log"
+
+
+def run_loop(lake: Lake, settings: LoopSettings, iterations: int = 2, report: bool = True, verbose: bool = False,
+             tables: bool = True) -> pl.DataFrame:
+    """Every step of `plan` without a finished run, in order, under the lake's iterate lock; then the summary
+    (`tables`: print it and the health table). Each step's output goes to its log file unless `verbose`."""
     from .dataset import ensure_seeded
 
     t0 = time.perf_counter()
     with iterate_lock(lake), shared_engines():
         ensure_seeded(lake)
+        if not verbose:
+            say(f"[iterate] {lake.root}: each stage's full output goes to logs/iteration=N/<stage>.log there "
+                "(--verbose shows it here)")
         for step in plan(settings, iterations):
             status = Lineage(lake).status(Key(step.stage, step.iteration, step.reward))
             if status.current:
-                print(f"[iterate] {step}: done earlier, skipped")
+                say(f"[iterate] {step}: done earlier, skipped")
                 continue
             if status.run is not None:
-                print(f"[iterate] {step}: stale ({'; '.join(status.reasons())}); redoing it", flush=True)
-            print(f"[iterate] {step} ({time.perf_counter() - t0:.0f} s)", flush=True)
+                say(f"[iterate] {step}: stale ({'; '.join(status.reasons())}); redoing it")
+            say(f"[iterate] {step} ({time.perf_counter() - t0:.0f} s)")
             if step.stage == "train":  # the training core runs in its own process: give it the accelerator
                 handed = hand_back_engines()
                 if handed:
-                    print(f"[iterate] handed the accelerator back: {', '.join(handed)} (taken again on next use)")
-            step.run(lake)
+                    say(f"[iterate] handed the accelerator back: {', '.join(handed)} (taken again on next use)")
+            with captured(step_log(lake, step), verbose):
+                step.run(lake)
             if step.stage == "evaluate":
                 warn_if_degenerating(lake, step.iteration)
     table = summary(lake)
     from .query import render
 
-    print(f"\n[iterate] finished in {time.perf_counter() - t0:.0f} s\n" + render(table))
-    print("\n[iterate] health (analysis/health.sql)\n" + render(health(lake)))
+    say(f"\n[iterate] finished in {time.perf_counter() - t0:.0f} s")
+    if tables:
+        say(render(table))
+        say("\n[iterate] health (analysis/health.sql)\n" + render(health(lake)))
     if report:
         from .report import write_report
 
-        print(f"[iterate] report: {write_report(lake)}")
+        say(f"[iterate] report: {write_report(lake)}")
     return table
 
 
@@ -178,6 +194,7 @@ def iterate(
     evaluation: EvalSettings = EvalSettings(),
     tiny: TinySettings = TinySettings(),
     report: bool = True,
+    verbose: bool = False,
     lake: str | None = None,
 ) -> pl.DataFrame:
     """Run ProxyReward iterations: evaluate the base, then rollout, score, select, train, evaluate per iteration.
@@ -198,9 +215,10 @@ def iterate(
         evaluation: eval decoding.
         tiny: the tiny model, when a model is `tiny`.
         report: write the HTML report at the end.
+        verbose: show every stage's whole output (vLLM, Lightning, transformers) here, not only in its log file.
         lake: lake root (default: PROXYREWARD_LAKE or the repository's datalake/).
     """
     training = TrainingSettings(model=model, lora=lora, dpo=dpo, optim=optim, data=data, trainer=trainer)
     settings = LoopSettings(policy=policy, sampling=sampling, judge=judge, longreward=longreward, selection=selection,
                             training=training, evaluation=evaluation, tiny=tiny)
-    return run_loop(Lake(lake), settings, iterations, report)
+    return run_loop(Lake(lake), settings, iterations, report, verbose)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from . import prompts, retrieval
 from .asking import Asked, Outcome, Tokens, answer_form, ask, structured_kwargs
+from .console import say
 from .engines import Engine, Request, Result
 from .rewards.longreward import (
     DIMENSIONS,
@@ -130,13 +131,13 @@ def longreward_scores(engine: Engine, iteration: int, rollouts: list[dict], ques
     kind = retrieval.resolve(settings.retrieval) if contexts else "none (no question has a context)"
     first = _first_round(rollouts, questions, contexts, judge, settings.max_statements)
     n_parts = len(first) - 3 * len(rollouts)
-    print(f"longreward round 1: {len(first)} judge calls ({3 * len(rollouts)} for {len(rollouts)} responses, "
-          f"{n_parts} for the context parts of {len(contexts)} questions)", flush=True)
+    say(f"longreward round 1: {len(first)} judge calls ({3 * len(rollouts)} for {len(rollouts)} responses, "
+          f"{n_parts} for the context parts of {len(contexts)} questions)")
     out = ask(engine, first, judge.parse_retries, tokens, "LongReward round 1")
     second = _second_round(rollouts, questions, contexts, out, judge, settings, kind)
     n_support = sum(a.key[1] == "support" for a in second)
-    print(f"longreward round 2: {len(second)} judge calls ({n_support} statements, "
-          f"{len(second) - n_support} completeness ratings)", flush=True)
+    say(f"longreward round 2: {len(second)} judge calls ({n_support} statements, "
+          f"{len(second) - n_support} completeness ratings)")
     out.update(ask(engine, second, judge.parse_retries, tokens, "LongReward round 2"))
 
     rows = [row for r in rollouts for row in _rows(iteration, r, out, contexts.get(r["question_id"]), kind, settings,

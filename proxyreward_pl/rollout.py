@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 
 from .asking import policy_of, resolve_engine, sample
+from .console import say
 from .engines import make_engine
 from .errors import ProxyRewardError
 from .lake import Lake
@@ -68,6 +69,6 @@ def rollout(
         metrics.update(rollouts=len(rows), questions=questions.height, policy=name, **tokens,
                        mean_tokens=sum(lengths) / len(lengths),
                        hit_token_limit=sum(r["finish_reason"] == "length" for r in rows))
-    print(f"iteration {iteration}: {len(rows)} rollouts from {name} ({questions.height} questions x {sampling.k}), "
+    say(f"iteration {iteration}: {len(rows)} rollouts from {name} ({questions.height} questions x {sampling.k}), "
           f"{tokens['tokens_per_second']:.0f} tokens/s, mean length {metrics['mean_tokens']:.0f} tokens")
     return dict(metrics)

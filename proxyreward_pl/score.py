@@ -19,6 +19,7 @@ import polars as pl
 
 from . import prompts
 from .asking import Tokens, ask, resolve_engine
+from .console import say
 from .engines import make_engine
 from .errors import ProxyRewardError
 from .judging import (
@@ -79,7 +80,7 @@ def score(
             lk.write("scores", rows, iteration=iteration, name="length", replace_partition=False)
             metrics.update(rollouts=len(rows), scores={"length": {"mean": sum(r["score"] for r in rows) / len(rows),
                                                                    "failed": 0}})
-        print(f"iteration {iteration}: length mean {metrics['scores']['length']['mean']:.1f} tokens")
+        say(f"iteration {iteration}: length mean {metrics['scores']['length']['mean']:.1f} tokens")
         return dict(metrics)
     judge = resolve_engine(judge, tiny)
     engine = make_engine(judge, cache_path=lk.root / "cache" / "engine.sqlite")
@@ -119,11 +120,11 @@ def score(
                        scores={r["reward"]: {"mean": r["mean"], "failed": r["failed"]} for r in summary.to_dicts()})
     for row in summary.to_dicts():
         mean = "n/a" if row["mean"] is None else f"{row['mean']:.3f}"
-        print(f"iteration {iteration}: {row['reward']} mean {mean}, {row['failed']} failed")
+        say(f"iteration {iteration}: {row['reward']} mean {mean}, {row['failed']} failed")
     if cost:
-        print(f"LongReward: {cost['judge_calls_per_response']:.1f} judge calls per response "
+        say(f"LongReward: {cost['judge_calls_per_response']:.1f} judge calls per response "
               f"({cost['statements_per_response']:.1f} statements each; retrieval {cost['retrieval']})")
-    print(f"{n_requests} judge requests: {tokens.sent} sent, {tokens.cached} from cache; "
+    say(f"{n_requests} judge requests: {tokens.sent} sent, {tokens.cached} from cache; "
           f"{tokens.prompt} prompt tokens ({tokens.prefilled} prefilled, {tokens.prompt_cached} from the prefix "
           f"cache) + {tokens.completion} completion tokens")
     return dict(metrics)

@@ -14,6 +14,7 @@ import dataclasses
 
 import polars as pl
 
+from .console import say
 from .errors import ProxyRewardError
 from .lake import Lake
 from .lake.lineage import sql_identity
@@ -62,6 +63,6 @@ def select(iteration: int, selection: SelectSettings = SelectSettings(), force: 
         metrics.update(pairs=pairs.height, questions=questions,
                        mean_margin=float((pairs["chosen_score"] - pairs["rejected_score"]).mean()),
                        min_variance=float(pairs["score_variance"].min()))
-    print(f"iteration {iteration}: {pairs.height} pairs from {questions} questions "
+    say(f"iteration {iteration}: {pairs.height} pairs from {questions} questions "
           f"(mean margin {metrics['mean_margin']:.3f})")
     return dict(metrics)

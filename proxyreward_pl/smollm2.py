@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from .console import say
 from .errors import ProxyRewardError
 from .paths import CACHE_DIR
 
@@ -107,7 +108,7 @@ def convert(gguf: Path, out: Path) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    print(f"smollm2: {info['parameters'] / 1e6:.1f}M parameters converted from {name} in "
+    say(f"smollm2: {info['parameters'] / 1e6:.1f}M parameters converted from {name} in "
           f"{info['convert_seconds']} s -> {out}")
     return out
 

@@ -27,6 +27,7 @@ import polars as pl
 import yaml
 
 from . import models
+from .console import say
 from .errors import ProxyRewardError
 from .lake import Lake
 from .lake.runs import record_run
@@ -162,7 +163,7 @@ def train_iteration(lake: Lake, iteration: int, settings: TrainingSettings, tiny
     with record_run(lake, iteration, "train", dataclasses.asdict(settings), force=force) as metrics:
         if publish_only:
             result = _finish(lake, iteration, settings, run_dir, metrics)
-            print(f"iteration {iteration}: published {metrics['policy']}")
+            say(f"iteration {iteration}: published {metrics['policy']}")
             return result
         ident = reference_identity(settings.model, settings.data)
         for r in rows:  # stored log-probs count only when they came from this same reference
@@ -183,11 +184,11 @@ def train_iteration(lake: Lake, iteration: int, settings: TrainingSettings, tiny
         metrics.update(reference_computed=reference["computed"] if reference else None)
         if prepare_only:
             metrics.update(pairs_file=str(pairs_file), truncated_prompts=truncated_prompts)
-            print(f"pairs with reference log-probs: {pairs_file}")
+            say(f"pairs with reference log-probs: {pairs_file}")
             return {"pairs_file": str(pairs_file)}
         result = _finish(lake, iteration, settings, run_dir, metrics)
         metrics.update(truncated_prompts=truncated_prompts)
-    print(f"iteration {iteration}: trained on {result['pairs']} pairs, {result['global_step']} steps, "
+    say(f"iteration {iteration}: trained on {result['pairs']} pairs, {result['global_step']} steps, "
           f"loss {result['metrics'].get('loss', float('nan')):.4f}; policy -> {metrics['policy']}")
     return result
 

@@ -26,10 +26,11 @@ from pathlib import Path
 import polars as pl
 
 from .. import tiny as tiny_models
+from ..console import captured, say
 from ..dataset import read_jsonl, store
 from ..engines import shared_engines
 from ..errors import ProxyRewardError
-from ..iterate import health, plan, run_loop
+from ..iterate import health, plan, run_loop, step_log
 from ..lake import Lake
 from ..lake.lineage import Key, Lineage
 from ..settings import (
@@ -69,7 +70,7 @@ def build(world: cw.WorldConfig = cw.WorldConfig(), tiny: TinySettings = TinySet
     model = tiny_models.cached(tiny)
     info = json.loads((model / "proxyreward_tiny.json").read_text())
     loss = "none" if info["warmup_final_loss"] is None else f"{info['warmup_final_loss']:.3f}"
-    print(f"closed world: {world.entities} people x {world.attributes} attributes, "
+    say(f"closed world: {world.entities} people x {world.attributes} attributes, "
           f"{sum(1 for _ in open(files['corpus']))} corpus dialogues -> {folder}\n"
           f"policy: {model} ({info['parameters'] / 1e6:.2f}M parameters, pretraining loss {loss}, "
           f"built in {info['build_seconds']} s; {time.perf_counter() - t0:.0f} s now)")
@@ -104,6 +105,7 @@ def run(
     seeds: tuple[int, ...] = (0, 1, 2),
     variants: tuple[str, ...] = VARIANTS,
     fresh: bool = False,
+    verbose: bool = False,
     workdir: str = "closedworld",
 ) -> pl.DataFrame:
     """Run the closed-world benchmark: per seed and variant, the production loop; then the report.
@@ -126,12 +128,18 @@ def run(
         seeds: loop seeds (sampling, pair order, LoRA init, random pairs).
         variants: any of proxy, random_pairs, length.
         fresh: delete earlier lakes first (otherwise every lake resumes where it stopped).
+        verbose: show every stage's whole output here (otherwise in each lake's logs/, and the world's build in
+            world/build.log).
         workdir: the benchmark's folder (world/, lakes/ and the report go under it).
     """
     for v in variants:
         _variant_selection(selection, v, 0)  # unknown names fail before any work
     t0 = time.perf_counter()
-    built = build(world, tiny, workdir)
+    log = Path(workdir) / "world" / "build.log"
+    say(f"[closedworld] the world and its pretrained policy (built once, about 3 minutes on 2 cores, then cached; "
+        f"output: {log})")
+    with captured(log, verbose):
+        built = build(world, tiny, workdir)
     tiny = built["tiny"]
     lakes = Path(workdir) / "lakes" / f"world{world.seed}"
     if fresh:
@@ -145,20 +153,20 @@ def run(
                               sampling=dataclasses.replace(sampling, seed=seed), judge=judge, selection=selection,
                               training=training, evaluation=evaluation, tiny=tiny)
         with shared_engines():  # one policy engine per seed, shared by the base lake and every variant
-            base = _base_lake(lakes / f"seed{seed}" / "base", records, seeded)
+            base = _base_lake(lakes / f"seed{seed}" / "base", records, seeded, verbose)
             for v in variants:
                 dest = lakes / f"seed{seed}" / v
                 if not dest.exists():
                     _copy_lake(base, dest)
-                print(f"\n[closedworld] seed {seed}, {v} ({time.perf_counter() - t0:.0f} s)", flush=True)
+                say(f"\n[closedworld] seed {seed}, {v} ({time.perf_counter() - t0:.0f} s)")
                 variant = dataclasses.replace(seeded, selection=_variant_selection(selection, v, seed))
-                run_loop(Lake(str(dest)), variant, iterations, report=False)
+                run_loop(Lake(str(dest)), variant, iterations, report=False, verbose=verbose, tables=False)
     table = report(lakes, seeds, variants, iterations)
-    print(f"\n[closedworld] finished in {time.perf_counter() - t0:.0f} s")
+    say(f"\n[closedworld] finished in {time.perf_counter() - t0:.0f} s")
     return table
 
 
-def _base_lake(root: Path, records, settings: LoopSettings) -> Path:
+def _base_lake(root: Path, records, settings: LoopSettings, verbose: bool = False) -> Path:
     """Iteration 0's evaluation and iteration 1's rollouts and its proxy and length scores, shared by every
     variant of a seed (the loop's own steps, as `plan` makes them for a selection by length)."""
     lk = Lake(str(root))
@@ -168,8 +176,9 @@ def _base_lake(root: Path, records, settings: LoopSettings) -> Path:
     for step in plan(by_length, 1):
         if step.stage in ("evaluate", "rollout", "score") and (step.stage, step.iteration) != ("evaluate", 1):
             if not Lineage(lk).status(Key(step.stage, step.iteration, step.reward)).current:
-                print(f"[closedworld] {root.parent.name} base: {step}", flush=True)
-                step.run(lk)
+                say(f"[closedworld] {root.parent.name} base: {step}")
+                with captured(step_log(lk, step), verbose):
+                    step.run(lk)
     return root
 
 
@@ -247,7 +256,9 @@ def report(lakes: Path, seeds, variants, iterations: int) -> pl.DataFrame:
                         "chosen_logp_change": h["chosen_logp_change"].mean() if n else None,
                         "flags": f"{len(flags)} seed(s): " + " | ".join(flags) if flags else ""})
     table = pl.DataFrame(out).with_columns(pl.selectors.float().round(3))
-    print("\n[closedworld] held-out eval, mean over seeds " + ", ".join(map(str, seeds)) + "\n" + render(table))
+    title = "held-out eval, mean over seeds " + ", ".join(map(str, seeds))
+    compact = table.select("variant", "iteration", "accuracy", "ci95", "precision", "facts", "tokens", "flags")
+    say(f"\n[closedworld] {title} (every column: report.txt)\n" + render(compact))
     lines = []
     for n in range(1, iterations + 1):
         base = per_question[(variants[0], 0)]
@@ -260,6 +271,9 @@ def report(lakes: Path, seeds, variants, iterations: int) -> pl.DataFrame:
                 diff = [per_question[("proxy", n)][q] - per_question[(v, n)][q] for q in base]
                 m, h = _ci(diff)
                 lines.append(f"iteration {n}: proxy minus {v} {m:+.3f} +- {h:.3f} (paired over questions)")
-    print("\n".join(lines))
+    say("\n".join(lines))
     (lakes / "report.json").write_text(json.dumps({"table": table.to_dicts(), "comparisons": lines}, indent=1))
+    (lakes / "report.txt").write_text(f"{title}\n{render(table)}\n\n" + "\n".join(lines) + "\n")
+    say(f"[closedworld] report: {lakes / 'report.txt'} (and report.json); each lake's own: proxyreward report "
+        f"--lake {lakes / f'seed{seeds[0]}' / variants[0]}")
     return table

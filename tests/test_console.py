@@ -1,0 +1,61 @@
+"""What a stage shows on the terminal and what goes to its log file."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+from tests.helpers import REPO
+
+SCRIPT = textwrap.dedent("""
+    import os, subprocess, sys, warnings
+    from pathlib import Path
+    from proxyreward_pl.console import captured, say
+
+    log, verbose = Path(sys.argv[1]), sys.argv[2] == "verbose"
+    say("before")
+    with captured(log, verbose):
+        say("stage line")
+        print("python print")
+        os.write(1, b"fd 1\\n")
+        os.write(2, b"fd 2\\n")
+        warnings.warn("a library warning")
+        subprocess.run([sys.executable, "-c", "print('child process')"], check=True)
+        if os.environ.get("FAIL"):
+            raise SystemExit("it failed")
+    say("after")
+""")
+
+
+def run(tmp_path, mode: str, **env) -> tuple[subprocess.CompletedProcess, str]:
+    log = tmp_path / "logs" / "stage.log"
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(log), mode], cwd=REPO, capture_output=True, text=True,
+                          env={**__import__("os").environ, **env}, timeout=60)
+    return proc, log.read_text() if log.exists() else ""
+
+
+def test_a_captured_stage_shows_only_its_own_lines_and_logs_everything(tmp_path):
+    proc, log = run(tmp_path, "quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["before", "stage line", "after"]
+    assert proc.stderr == ""
+    for text in ("stage line", "python print", "fd 1", "fd 2", "a library warning", "child process"):
+        assert text in log, text
+    assert "before" not in log and "after" not in log
+
+
+def test_verbose_captures_nothing(tmp_path):
+    proc, log = run(tmp_path, "verbose")
+    assert proc.returncode == 0, proc.stderr
+    for text in ("stage line", "python print", "fd 1", "child process"):
+        assert text in proc.stdout, text
+    assert "fd 2" in proc.stderr and "a library warning" in proc.stderr
+    assert log == ""
+
+
+def test_a_failing_stage_names_its_log_on_the_terminal(tmp_path):
+    proc, log = run(tmp_path, "quiet", FAIL="1")
+    assert proc.returncode == 1
+    assert str(tmp_path / "logs" / "stage.log") in proc.stderr and "it failed" in proc.stderr
+    assert "fd 1" in log and "fd 1" not in proc.stdout
