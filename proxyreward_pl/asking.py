@@ -5,7 +5,6 @@ retries of unusable answers, progress bars and token counts."""
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 import zlib
 from collections.abc import Callable
@@ -13,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import models
+from . import merged, models
+from .console import progress_stream
 from .engines import Engine, Request, Result
 from .errors import ProxyRewardError
 from .identity import weights_digest
@@ -64,12 +64,14 @@ class Progress:
     """A rich progress bar with rate and ETA, shown on a terminal only."""
 
     def __init__(self, total: int, label: str):
+        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, TaskProgressColumn, TimeRemainingColumn
         from rich.progress import Progress as Bar
 
+        stream = progress_stream()  # the terminal, also while a stage's output goes to its log
         self.bar = Bar("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                       TaskProgressColumn(show_speed=True), TimeRemainingColumn(), disable=not sys.stderr.isatty(),
-                       transient=True)
+                       TaskProgressColumn(show_speed=True), TimeRemainingColumn(), disable=not stream.isatty(),
+                       transient=True, console=Console(file=stream))
         self.task = self.bar.add_task(label, total=total)
         self.bar.start()
 
@@ -164,7 +166,8 @@ class Policy:
 
 def policy_of(lake: Lake, iteration: int, engine: EngineSettings, prefix: str = "iteration-") -> Policy:
     """Iteration N's policy: the base model (N = 0), the base plus N's LoRA adapter, or N's fully fine-tuned
-    model. A served adapter's name carries its weights' hash: every version gets a new name, since re-loading a
+    model. An in-process vLLM engine without CUDA samples an adapter merged into the base weights (`merged`). A
+    served adapter's name carries its weights' hash: every version gets a new name, since re-loading a
     name with new weights can serve stale prefix-cache blocks (vLLM #42125)."""
     if iteration == 0:
         return Policy(engine, None, f"{engine.model}+base")
@@ -180,8 +183,12 @@ def policy_of(lake: Lake, iteration: int, engine: EngineSettings, prefix: str = 
         raise ProxyRewardError(f"iteration {iteration}'s policy needs its adapter in {path}; train iteration "
                                f"{iteration} first")
     digest = weights_digest(path, "adapter_model.safetensors")
+    name = f"{engine.model}+adapter:{digest}"
+    if engine.engine != "openai" and merged.wanted(engine):
+        model = merged.merged_model(lake, iteration, engine.model, path, digest)
+        return Policy(dataclasses.replace(engine, model=str(model), enable_lora=False), None, name)
     adapter = f"{prefix}{iteration}-{digest}" if engine.engine == "openai" else str(path)
-    return Policy(engine, adapter, f"{engine.model}+adapter:{digest}", path)
+    return Policy(engine, adapter, name, path)
 
 
 def sample(engine, questions: list[dict], *, iteration: int, k: int, temperature: float, top_p: float,

