@@ -71,7 +71,8 @@ class Progress:
         stream = progress_stream()  # the terminal, also while a stage's output goes to its log
         self.bar = Bar("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                        TaskProgressColumn(show_speed=True), TimeRemainingColumn(), disable=not stream.isatty(),
-                       transient=True, console=Console(file=stream))
+                       transient=True, console=Console(file=stream), redirect_stdout=False,
+                       redirect_stderr=False)  # rich's redirect would carry library output past a stage's log
         self.task = self.bar.add_task(label, total=total)
         self.bar.start()
 

@@ -59,3 +59,42 @@ def test_a_failing_stage_names_its_log_on_the_terminal(tmp_path):
     assert proc.returncode == 1
     assert str(tmp_path / "logs" / "stage.log") in proc.stderr and "it failed" in proc.stderr
     assert "fd 1" in log and "fd 1" not in proc.stdout
+
+
+def test_library_output_during_a_progress_bar_on_a_terminal_goes_to_the_log(tmp_path):
+    """On a terminal the progress bar draws there; what a library prints meanwhile (transformers' loading bars)
+    still goes to the stage's log, not past it through the bar."""
+    import os
+    import pty
+
+    script = textwrap.dedent("""
+        import sys
+        from pathlib import Path
+        from proxyreward_pl.asking import Progress
+        from proxyreward_pl.console import captured, say
+
+        with captured(Path(sys.argv[1])):
+            bar = Progress(2, "working")
+            print("library output on stdout")
+            print("library output on stderr", file=sys.stderr)
+            bar.advance()
+            bar.close()
+            say("stage line")
+    """)
+    log = tmp_path / "stage.log"
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-c", script, str(log)], cwd=REPO, stdout=slave, stderr=slave)
+    os.close(slave)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    assert proc.wait(timeout=60) == 0, seen
+    terminal = seen.decode(errors="replace")
+    assert "stage line" in terminal and "library output" not in terminal
+    assert "library output on stdout" in log.read_text() and "library output on stderr" in log.read_text()
