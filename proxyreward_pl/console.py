@@ -37,25 +37,31 @@ def progress_stream() -> TextIO:
 @contextlib.contextmanager
 def captured(log: Path | None, verbose: bool = False) -> Iterator[None]:
     """For the block, fds 1 and 2 (and sys.stdout/sys.stderr on them) append to `log`; `say` still reaches the
-    terminal. Nested use keeps the outer capture; `log=None` or `verbose` capture nothing. A failure in the
-    block names the log."""
+    terminal. A nested block writes to its own log, then the outer one's again; `log=None` or `verbose` capture
+    nothing. A failure in the outermost block names the log it happened in."""
     global _terminal, _terminal_err
-    if log is None or verbose or _terminal is not None:
+    if log is None or verbose:
         yield
         return
     log.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
     sys.stderr.flush()
+    outer = _terminal is not None
     saved_out, saved_err = os.dup(1), os.dup(2)
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    _terminal = os.fdopen(os.dup(saved_out), "w", buffering=1)
-    _terminal_err = os.fdopen(os.dup(saved_err), "w", buffering=1)
+    if not outer:
+        _terminal = os.fdopen(os.dup(saved_out), "w", buffering=1)
+        _terminal_err = os.fdopen(os.dup(saved_err), "w", buffering=1)
     try:
         os.dup2(fd, 1)
         os.dup2(fd, 2)
         yield
-    except BaseException:
-        print(f"(the whole output: {log})", file=_terminal_err, flush=True)
+    except BaseException as exc:
+        if not getattr(exc, "_proxyreward_log", None):  # the innermost log where it happened
+            with contextlib.suppress(AttributeError, TypeError):
+                exc._proxyreward_log = str(log)
+        if not outer:
+            print(f"(the whole output: {getattr(exc, '_proxyreward_log', log)})", file=_terminal_err, flush=True)
         raise
     finally:
         sys.stdout.flush()
@@ -64,6 +70,7 @@ def captured(log: Path | None, verbose: bool = False) -> Iterator[None]:
         os.dup2(saved_err, 2)
         for f in (fd, saved_out, saved_err):
             os.close(f)
-        _terminal.close()
-        _terminal_err.close()
-        _terminal = _terminal_err = None
+        if not outer:
+            _terminal.close()
+            _terminal_err.close()
+            _terminal = _terminal_err = None

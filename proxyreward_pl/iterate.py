@@ -143,11 +143,11 @@ def run_loop(lake: Lake, settings: LoopSettings, iterations: int = 2, report: bo
     from .dataset import ensure_seeded
 
     t0 = time.perf_counter()
-    with iterate_lock(lake), shared_engines():
+    if not verbose:
+        say(f"[iterate] {lake.root}: each stage's full output goes to logs/iteration=N/<stage>.log there "
+            "(--verbose shows it here)")
+    with iterate_lock(lake), captured(lake.root / "logs" / "iterate.log", verbose), shared_engines():
         ensure_seeded(lake)
-        if not verbose:
-            say(f"[iterate] {lake.root}: each stage's full output goes to logs/iteration=N/<stage>.log there "
-                "(--verbose shows it here)")
         for step in plan(settings, iterations):
             status = Lineage(lake).status(Key(step.stage, step.iteration, step.reward))
             if status.current:

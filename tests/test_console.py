@@ -98,3 +98,30 @@ def test_library_output_during_a_progress_bar_on_a_terminal_goes_to_the_log(tmp_
     terminal = seen.decode(errors="replace")
     assert "stage line" in terminal and "library output" not in terminal
     assert "library output on stdout" in log.read_text() and "library output on stderr" in log.read_text()
+
+
+def test_a_nested_stage_writes_its_own_log_then_the_outer_one_continues(tmp_path):
+    script = textwrap.dedent("""
+        import os, sys
+        from pathlib import Path
+        from proxyreward_pl.console import captured, say
+
+        root = Path(sys.argv[1])
+        with captured(root / "run.log"):
+            os.write(1, b"before the stage\\n")
+            with captured(root / "stage.log"):
+                os.write(2, b"in the stage\\n")
+                say("stage line")
+            os.write(1, b"after the stage\\n")
+            if os.environ.get("FAIL"):
+                with captured(root / "failing.log"):
+                    raise SystemExit("it failed")
+    """)
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0 and proc.stdout == "stage line\n", proc.stderr
+    assert (tmp_path / "run.log").read_text() == "before the stage\nafter the stage\n"
+    assert (tmp_path / "stage.log").read_text() == "in the stage\nstage line\n"
+    failed = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                            timeout=60, env={**__import__("os").environ, "FAIL": "1"})
+    assert failed.returncode == 1 and f"(the whole output: {tmp_path / 'failing.log'})" in failed.stderr

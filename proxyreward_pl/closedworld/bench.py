@@ -152,7 +152,8 @@ def run(
         seeded = LoopSettings(policy=dataclasses.replace(policy, seed=seed),
                               sampling=dataclasses.replace(sampling, seed=seed), judge=judge, selection=selection,
                               training=training, evaluation=evaluation, tiny=tiny)
-        with shared_engines():  # one policy engine per seed, shared by the base lake and every variant
+        # one policy engine per seed, shared by the base lake and every variant
+        with captured(lakes / f"seed{seed}" / "engines.log", verbose), shared_engines():
             base = _base_lake(lakes / f"seed{seed}" / "base", records, seeded, verbose)
             for v in variants:
                 dest = lakes / f"seed{seed}" / v
