@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE=1
 export TRANSFORMERS_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false
 
-.PHONY: setup test test-slow test-all iterate closedworld lint clean-lake bench-dpo bench-judge
+.PHONY: setup test test-slow test-all iterate closedworld lint clean-lake bench-dpo bench-judge bench-sampling
 
 setup: $(STAMP)
 	@test -d datalake/tables/meta_questions || $(BIN)/proxyreward seed
@@ -73,6 +73,10 @@ bench-dpo: setup
 # Judge client requests/s against a local server with injected latency (ratio to C/L, speed-up over serial).
 bench-judge: setup
 	$(BIN)/python benchmarks/bench_judge.py $(BENCH_ARGS)
+
+# vLLM in-process sampling of a LoRA policy: LoRA requests against the adapter merged into the weights (prints ratios).
+bench-sampling: setup
+	$(BIN)/python benchmarks/bench_sampling.py $(BENCH_ARGS)
 
 lint: setup
 	$(BIN)/ruff check proxyreward_pl tests benchmarks

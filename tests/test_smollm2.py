@@ -106,7 +106,8 @@ def test_a_killed_conversion_leaves_no_model_and_the_next_one_finishes(tmp_path)
 TRAIN_QUESTIONS, EVAL_QUESTIONS, STATEMENTS, K = 3, 2, 6, 4
 STAGES = (["rollout", "--sampling.k", str(K), "--sampling.max_new_tokens", "64"], ["score"],
           ["select", "--selection.top_fraction", "1.0"], ["train", "--merged", "true"],
-          ["evaluate", "--evaluation.max_new_tokens", "64"])
+          # LoRA requests, not the merged weights vLLM on CPU samples by default: the adapter must load in vLLM
+          ["evaluate", "--evaluation.max_new_tokens", "64", "--policy.merge_adapter", "no"])
 WORD = re.compile(r"[a-z]{4,}")
 
 
