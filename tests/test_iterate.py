@@ -234,8 +234,8 @@ def test_rollout_and_evaluate_stages(seeded_lake):
     assert metrics[0]["sent"] == 2 and metrics[1]["sent"] == 0 and metrics[1]["cached"] == 2
     assert seeded_lake.read("rollouts", 1).equals(rows)
 
-    out = run_cli("evaluate", "--iteration", "0", *common, "--judge.engine", "hf", "--evaluation.max_new_tokens", "16",
-                  lake=seeded_lake.root, check=True).stdout
+    out = run_cli("evaluate", "--iteration", "0", *common, "--judge.engine", "hf", "--judge.mode", "logprob",
+                  "--evaluation.max_new_tokens", "16", lake=seeded_lake.root, check=True).stdout
     assert "eval proxy accuracy" in out
     ev = seeded_lake.read("evaluations", 0)
     assert ev.height == 16 * 3 and set(ev["reward"]) == {"proxy_accuracy", "proxy_precision", "proxy_weighted_accuracy"}

@@ -71,7 +71,8 @@ def test_a_judge_that_answers_from_its_own_knowledge_is_caught(seeded_lake, tmp_
 
 
 def test_probe_of_the_tiny_judge_through_the_cli_is_paid_once(seeded_lake, tmp_path):
-    args = ("judge", "probe", "--config", "configs/tiny.yaml", "--judge.engine", "hf", "--questions", "2",
+    args = ("judge", "probe", "--config", "configs/tiny.yaml", "--judge.engine", "hf", "--judge.mode", "logprob",
+            "--questions", "2",
             "--split", "eval")
     first = run_cli(*args, "--out", str(tmp_path / "a.json"), lake=seeded_lake.root, check=True)
     assert "3-way accuracy" in first.stdout and "hf:tiny|logprob" in first.stdout

@@ -139,7 +139,7 @@ def test_hf_generate_mode_of_a_tiny_model_fails_visibly(seeded_lake):
 def test_hf_logprob_judge_through_the_cli(seeded_lake):
     add_rollouts(seeded_lake, 1, n_questions=2, k=2)
     out = run_cli("score", "--iteration", "1", "--config", "configs/tiny.yaml", "--judge.engine", "hf",
-                  lake=seeded_lake.root, check=True)
+                  "--judge.mode", "logprob", lake=seeded_lake.root, check=True)
     assert "proxy_accuracy mean" in out.stdout
     scores = seeded_lake.read("scores", 1)
     assert (scores["status"] == "ok").all() and scores["score"].is_between(0, 1).all()
