@@ -81,5 +81,7 @@ bench-sampling: setup
 lint: setup
 	$(BIN)/ruff check proxyreward_pl tests benchmarks
 
+# Everything a run wrote into the default lake (tables, the engine cache, adapters, models, logs, report).
 clean-lake:
-	rm -rf datalake/tables datalake/_staging datalake/lake.duckdb datalake/.write.lock
+	rm -rf datalake/tables datalake/_staging datalake/lake.duckdb* datalake/.write.lock datalake/.iterate.lock \
+		datalake/adapters datalake/cache datalake/report datalake/runs datalake/models datalake/merged datalake/logs
