@@ -14,10 +14,12 @@ import json
 import threading
 import time
 from collections import deque
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from tests.servers.local import LocalServer
 
 
-class CountingServer:
+class CountingServer(LocalServer):
     def __init__(self, limit: int | None = None, window: float = 60.0, latency: float = 0.0):
         self.limit, self.window, self.latency = limit, window, latency
         self.lock = threading.Lock()
@@ -55,24 +57,7 @@ class CountingServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-            request_queue_size = 128
-
-        self.httpd = Server(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def __enter__(self) -> CountingServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.listen(Handler)
 
     def max_in_window(self, window: float = 60.0) -> int:
         """The most served requests that arrived within any `window` seconds."""

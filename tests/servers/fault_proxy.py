@@ -17,8 +17,10 @@ import random
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlparse
+
+from tests.servers.local import LocalServer
 
 FAULTS = ("429", "500", "slow", "drop", "truncated", "garbled")
 
@@ -28,7 +30,7 @@ def garble(text: str) -> str:
     return "#" + text[::-1].replace(":", ";")
 
 
-class FaultProxy:
+class FaultProxy(LocalServer):
     def __init__(self, upstream: str, fault_rate: float = 0.0, faults: tuple[str, ...] = FAULTS,
                  slow_seconds: float = 3.0, retry_after: float = 0.2, seed: int = 0):
         target = urlparse(upstream)
@@ -77,23 +79,7 @@ class FaultProxy:
                 self.end_headers()
                 self.wfile.write(body)
 
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-            request_queue_size = 128
-
-            def handle_error(self, request, client_address):  # a client that gave up, or a killed proxy
-                pass
-
-        self.httpd = Server(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def __enter__(self) -> FaultProxy:
-        self.thread.start()
-        return self
+        self.listen(Handler)
 
     def __exit__(self, *exc) -> None:
         self.kill()

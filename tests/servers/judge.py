@@ -17,7 +17,9 @@ import re
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from tests.servers.local import LocalServer
 
 FAULTS = ("malformed", "missing", "429", "500", "slow", "drop")
 _NUMBERED = re.compile(r"^(\d+)\. (.+)$", re.MULTILINE)
@@ -25,7 +27,7 @@ _SINGLE = re.compile(r"^Statement: (.+)$", re.MULTILINE)
 _RESPONSE = re.compile(r"<response>\n(.*?)\n</response>", re.DOTALL)
 
 
-class JudgeServer:
+class JudgeServer(LocalServer):
     def __init__(self, truth: dict[str, bool] | None = None, fault_rate: float = 0.0,
                  faults: tuple[str, ...] = FAULTS, latency: float = 0.0, slow_seconds: float = 3.0,
                  seed: int = 0, rating: int = 7, mention_rule: bool = False,
@@ -78,27 +80,7 @@ class JudgeServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-        class Server(ThreadingHTTPServer):
-            request_queue_size = 128  # the default 5 resets connections when a client opens 32 at once
-
-            def handle_error(self, request, client_address):  # a client that gave up on a slow reply
-                pass
-
-        self.httpd = Server(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def __enter__(self) -> JudgeServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.listen(Handler)
 
     def start(self) -> JudgeServer:
         return self.__enter__()
