@@ -14,8 +14,8 @@ import json
 import threading
 import time
 from collections import deque
-from http.server import BaseHTTPRequestHandler
 
+from tests.servers import local
 from tests.servers.local import LocalServer
 
 
@@ -30,12 +30,7 @@ class CountingServer(LocalServer):
         self._recent: deque[float] = deque()
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
+        class Handler(local.Handler):
             def do_GET(self):
                 if self.path.rstrip("/").endswith("/models"):
                     return self.reply(200, {"object": "list", "data": [{"id": "counted", "object": "model"}]})
@@ -46,16 +41,6 @@ class CountingServer(LocalServer):
                 if not self.path.endswith("/chat/completions"):
                     return self.reply(404, {"detail": "Not Found"})
                 server._complete(self, body)
-
-            def reply(self, status: int, payload: dict, headers: dict | None = None):
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(data)
 
         self.listen(Handler)
 

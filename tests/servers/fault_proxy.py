@@ -17,9 +17,9 @@ import random
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlparse
 
+from tests.servers import local
 from tests.servers.local import LocalServer
 
 FAULTS = ("429", "500", "slow", "drop", "truncated", "garbled")
@@ -45,15 +45,9 @@ class FaultProxy(LocalServer):
         self.killed = False
         proxy = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
+        class Handler(local.Handler):
             def setup(self):
                 super().setup()
-                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 with proxy.lock:
                     proxy.connections.add(self.connection)
                     if proxy.killed:
@@ -69,15 +63,6 @@ class FaultProxy(LocalServer):
 
             def do_POST(self):
                 proxy._handle(self, self.rfile.read(int(self.headers.get("Content-Length", 0))))
-
-            def reply(self, status: int, body: bytes, headers: dict | None = None, kind: str = "application/json"):
-                self.send_response(status)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(body)
 
         self.listen(Handler)
 

@@ -17,8 +17,8 @@ import re
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler
 
+from tests.servers import local
 from tests.servers.local import LocalServer
 
 FAULTS = ("malformed", "missing", "429", "500", "slow", "drop")
@@ -51,34 +51,15 @@ class JudgeServer(LocalServer):
         self._seen: list[list[str]] = []  # the prompts answered so far, as words
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):  # quiet
-                pass
-
-            def setup(self):
-                super().setup()
-                # headers and body go out in two writes: without this, Nagle + delayed ACK add ~40 ms each
-                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
+        class Handler(local.Handler):
             def do_GET(self):
-                self._send(200, {"object": "list", "data": [{"id": "judge", "object": "model"}]})
+                self.reply(200, {"object": "list", "data": [{"id": "judge", "object": "model"}]})
 
             def do_POST(self):
                 length = int(self.headers.get("Content-Length", 0))
                 body = json.loads(self.rfile.read(length) or b"{}")
                 server._handle(self, body)
 
-            def _send(self, status, payload, headers=None, raw: bytes | None = None):
-                data = raw if raw is not None else json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(data)
 
         self.listen(Handler)
 
@@ -106,10 +87,10 @@ class JudgeServer(LocalServer):
             if self.latency:
                 time.sleep(self.latency)
             if fault == "429":
-                return handler._send(429, {"error": {"message": "rate limited", "type": "rate_limit"}},
+                return handler.reply(429, {"error": {"message": "rate limited", "type": "rate_limit"}},
                                      {"Retry-After": "0.05", "retry-after-ms": "50"})
             if fault == "500":
-                return handler._send(500, {"error": {"message": "boom", "type": "server_error"}})
+                return handler.reply(500, {"error": {"message": "boom", "type": "server_error"}})
             if fault == "drop":
                 handler.close_connection = True
                 handler.connection.shutdown(socket.SHUT_RDWR)
@@ -121,7 +102,7 @@ class JudgeServer(LocalServer):
             choice = ({"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop",
                        "logprobs": logprobs} if chat else
                       {"index": 0, "text": content, "finish_reason": "stop", "logprobs": logprobs})
-            handler._send(200, {"id": "x", "object": "chat.completion" if chat else "text_completion",
+            handler.reply(200, {"id": "x", "object": "chat.completion" if chat else "text_completion",
                                 "created": 0, "model": body.get("model", "judge"), "choices": [choice],
                                 "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens":
                                           len(content.split()), "total_tokens": 0,
