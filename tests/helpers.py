@@ -3,10 +3,14 @@ preference pairs for the training core."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from proxyreward_pl.dataset import seed_records
@@ -118,3 +122,23 @@ def save_random_adapter(model_path: Path, folder: Path, rank: int = 16, seed: in
                                       init_lora_weights=False))
     model.save_pretrained(folder)
     return folder
+
+
+@contextlib.contextmanager
+def killed_after(proxy, completions: int) -> Iterator[list[float]]:
+    """Within the block, a thread kills `proxy` (a FaultProxy) once it has forwarded `completions` completion
+    requests; yields a list that then holds the time of the kill."""
+    killed_at: list[float] = []
+
+    def kill():
+        while len(proxy.completions()) < completions:
+            time.sleep(0.005)
+        killed_at.append(time.monotonic())
+        proxy.kill()
+
+    killer = threading.Thread(target=kill)
+    killer.start()
+    try:
+        yield killed_at
+    finally:
+        killer.join()

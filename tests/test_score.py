@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import polars as pl
@@ -18,7 +17,7 @@ import pytest
 from proxyreward_pl.lake import Lake
 from proxyreward_pl.score import score
 from proxyreward_pl.settings import JudgeSettings
-from tests.helpers import REPO, add_rollouts, truth
+from tests.helpers import REPO, add_rollouts, killed_after, truth
 from tests.servers.fault_proxy import FaultProxy
 from tests.servers.judge import JudgeServer
 from tests.servers.longreward_judge import LongRewardJudgeServer
@@ -275,18 +274,9 @@ def test_served_judge_behind_faults_then_reruns_ask_only_what_is_missing(seeded_
 @pytest.mark.slow
 def test_two_served_judges_one_killed_mid_run(seeded_lake, vllm_server):
     add_rollouts(seeded_lake, 1, n_questions=8, k=2)  # 16 rollouts x 15 statements, one request each
-    killed_at = []
     with FaultProxy(vllm_server.url) as a, FaultProxy(vllm_server.url) as b:
-        def kill_a():
-            while len(a.completions()) < 30:
-                time.sleep(0.01)
-            killed_at.append(time.monotonic())
-            a.kill()
-
-        killer = threading.Thread(target=kill_a)
-        killer.start()
-        score(1, "proxy", served_judge([a.url, b.url], mode="logprob"), lake=str(seeded_lake.root))
-        killer.join()
+        with killed_after(a, 30) as killed_at:
+            score(1, "proxy", served_judge([a.url, b.url], mode="logprob"), lake=str(seeded_lake.root))
     scores = seeded_lake.read("scores", 1)
     assert scores.height == 16 * 2 and (scores["status"] == "ok").all()
     assert len([e for e in b.completions() if e["time"] > killed_at[0]]) > 100

@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import threading
-import time
 import urllib.request
 from types import SimpleNamespace
 
@@ -20,7 +18,7 @@ from proxyreward_pl.engines.openai_http import choice_logprob
 from proxyreward_pl.engines.ratelimit import WINDOW, MinuteBudget, parse_duration
 from proxyreward_pl.errors import ProxyRewardError
 from proxyreward_pl.settings import EngineSettings
-from tests.helpers import save_random_adapter
+from tests.helpers import killed_after, save_random_adapter
 from tests.servers.counting import CountingServer
 from tests.servers.fault_proxy import FaultProxy
 from tests.servers.judge import JudgeServer
@@ -131,18 +129,9 @@ def test_requests_spread_over_endpoints_by_least_outstanding():
 
 
 def test_an_endpoint_killed_mid_run_leaves_its_requests_to_the_other():
-    killed_at = []
     with CountingServer(latency=0.02) as upstream, FaultProxy(upstream.url) as a, FaultProxy(upstream.url) as b:
-        def kill_a():
-            while len(a.completions()) < 15:
-                time.sleep(0.005)
-            killed_at.append(time.monotonic())
-            a.kill()
-
-        killer = threading.Thread(target=kill_a)
-        killer.start()
-        results = ask(engine([a.url, b.url], max_concurrency=8, max_retries=3), prompts(200))
-        killer.join()
+        with killed_after(a, 15) as killed_at:
+            results = ask(engine([a.url, b.url], max_concurrency=8, max_retries=3), prompts(200))
     assert all(r.ok for r in results), [r.error for r in results if not r.ok][:3]
     after = [e for e in b.completions() if e["time"] > killed_at[0]]
     assert len(a.completions()) < 50 and len(after) > 100  # the other endpoint took over the rest
