@@ -209,6 +209,13 @@ def test_a_failed_training_core_is_a_failed_train_run_with_its_last_lines(seeded
     assert not seeded_lake.adapter_dir(1).exists()
 
 
+def test_lake_check_passes_the_lake_a_whole_run_wrote(pipeline_lake):
+    """Every partitioned table, the runs, adapters and logs of a 2-iteration run: nothing to report."""
+    proc = run_cli("lake", "check", lake=pipeline_lake)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "every file conforms to the contract; nothing unaccounted for" in proc.stdout
+
+
 def test_a_second_iterate_on_the_same_lake_is_refused(seeded_lake):
     with open(seeded_lake.root / ".iterate.lock", "a+") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)

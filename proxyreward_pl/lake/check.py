@@ -38,13 +38,15 @@ def file_problems(lake: Lake) -> list[str]:
                     problems.append(f"{f}: {why}")
                     continue
                 data = pq.read_table(f)
+                n = int(part.name.split("=", 1)[1])
+                if spec.partitioned and "iteration" not in data.column_names:  # the partition's name holds it
+                    data = data.append_column("iteration", pa.array([n] * data.num_rows, pa.int64()))
                 try:
                     conformed = conform(spec, data)
                     check_rows(spec, conformed)
                 except ValidationError as exc:
                     problems.append(f"{f}: {exc}")
                     continue
-                n = int(part.name.split("=", 1)[1])
                 if spec.partitioned and set(conformed.column("iteration").to_pylist()) - {n}:
                     problems.append(f"{f}: rows of another iteration than its partition's ({n})")
     return problems
@@ -76,10 +78,12 @@ def orphans(lake: Lake) -> list[str]:
     """Policies no finished train run published (or other weights than it published), and leftovers of
     interrupted writes."""
     problems = []
-    runs = [pq.read_table(f) for f in lake.files("runs") if unreadable(f) is None]
+    runs = []
+    for f in lake.files("runs"):
+        if unreadable(f) is None:  # a partition's files hold no iteration column: it is in the folder's name
+            runs += [{**r, "iteration": int(f.parent.name.split("=", 1)[1])} for r in pq.read_table(f).to_pylist()]
     published = {}  # iteration -> its latest finished train run
-    for run in sorted(pa.concat_tables(runs, promote_options="default").to_pylist() if runs else [],
-                      key=lambda r: r["finished_at"] or r["started_at"]):
+    for run in sorted(runs, key=lambda r: r["finished_at"] or r["started_at"]):
         if run["stage"] == "train" and run["status"] == "finished":
             published[run["iteration"]] = run
     for folder in (lake.root / "adapters", lake.root / "models"):
