@@ -14,6 +14,7 @@ import time
 import polars as pl
 import pytest
 
+from proxyreward_pl.judging import PROXY_REWARDS
 from proxyreward_pl.lake import Lake
 from proxyreward_pl.score import score
 from proxyreward_pl.settings import JudgeSettings
@@ -252,7 +253,7 @@ def test_served_judge_behind_faults_then_reruns_ask_only_what_is_missing(seeded_
     faults = [e["fault"] for e in proxy.completions() if e["fault"]]
     assert set(faults) == {"429", "500", "slow", "drop", "truncated", "garbled"}
     scores = seeded_lake.read("scores", 1)
-    assert scores.height == 48 * 2
+    assert scores.height == 48 * len(PROXY_REWARDS)
     one_score_per_rollout_and_reward(seeded_lake, 1)
     failed = scores.filter(scores["status"] == "failed")
     assert failed["detail"].is_not_null().all() and failed["score"].is_null().all()
@@ -273,10 +274,12 @@ def test_served_judge_behind_faults_then_reruns_ask_only_what_is_missing(seeded_
 
 @pytest.mark.slow
 def test_two_served_judges_one_killed_mid_run(seeded_lake, vllm_server):
-    add_rollouts(seeded_lake, 1, n_questions=8, k=2)  # 16 rollouts x 15 statements, one request each
+    # 160 rollouts, one request each. (Not logprob mode: the served tiny model puts neither True nor False
+    # among its 20 most probable next tokens, and a server shows no more.)
+    add_rollouts(seeded_lake, 1, n_questions=40, k=4)
     with FaultProxy(vllm_server.url) as a, FaultProxy(vllm_server.url) as b:
-        with killed_after(a, 30) as killed_at:
-            score(1, "proxy", served_judge([a.url, b.url], mode="logprob"), lake=str(seeded_lake.root))
+        with killed_after(a, 20) as killed_at:
+            score(1, "proxy", served_judge([a.url, b.url]), lake=str(seeded_lake.root))
     scores = seeded_lake.read("scores", 1)
-    assert scores.height == 16 * 2 and (scores["status"] == "ok").all()
+    assert scores.height == 160 * len(PROXY_REWARDS) and (scores["status"] == "ok").all()
     assert len([e for e in b.completions() if e["time"] > killed_at[0]]) > 100
