@@ -18,6 +18,7 @@ import torch
 from proxyreward_pl import models, smollm2
 from proxyreward_pl.dataset import seed_records, store
 from proxyreward_pl.errors import ProxyRewardError
+from proxyreward_pl.judging import PROXY_REWARDS
 from proxyreward_pl.lake import Lake
 from proxyreward_pl.settings import TinySettings
 from tests.helpers import REPO, run_cli
@@ -145,7 +146,7 @@ def test_smollm2_through_the_loop(tmp_path, smollm2_path):
     assert sum(map(shares_words, rollouts)) > len(rollouts) / 2, [r["response"][:80] for r in rollouts]
     assert all(r["n_tokens"] > 5 for r in rollouts)
     scores = lake.read("scores", 1)
-    assert (scores["status"] == "ok").all() and scores.height == TRAIN_QUESTIONS * K * 2
+    assert (scores["status"] == "ok").all() and scores.height == TRAIN_QUESTIONS * K * len(PROXY_REWARDS)
     assert lake.read("pairs", 1).height >= 1
 
     adapter, merged = lake.adapter_dir(1), lake.root / "runs" / "iteration=1" / "train" / "merged"
