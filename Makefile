@@ -70,7 +70,8 @@ BENCH_DPO_MODELS ?= tiny smollm2
 bench-dpo: setup
 	for model in $(BENCH_DPO_MODELS); do $(BIN)/python benchmarks/bench_dpo.py --model $$model $(BENCH_ARGS) || exit 1; done
 
-# Judge client requests/s against a local server with injected latency (ratio to C/L, speed-up over serial).
+# The judge client against a local server with injected latency (ratio to C/L, speed-up over serial), under a rate
+# budget (achieved / budget), and the logprob judge's prefix sharing on the tiny model (HF and vLLM, shared / whole).
 bench-judge: setup
 	$(BIN)/python benchmarks/bench_judge.py $(BENCH_ARGS)
 
