@@ -5,7 +5,7 @@ in-process vLLM engine on a machine without CUDA samples iteration N's policy fr
 base model (`EngineSettings.merge_adapter: auto`). On GPUs vLLM's LoRA kernels are cheap and one engine serves
 every adapter, so LoRA requests stay. The merged model is written once per adapter version, into
 `<lake>/merged/iteration=N-<hash of the adapter's weights>` (a retrained adapter gets a new folder, so no
-cached answer of the old weights is served for it), written beside and renamed into place.
+cached answer of the old weights is served for it), written beside and renamed into place (`checkpoints`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from .checkpoints import publish
 from .lake import Lake
 from .settings import EngineSettings
 
@@ -39,14 +40,10 @@ def merged_model(lake: Lake, iteration: int, base: str, adapter: Path, digest: s
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".{dest.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload(safe_merge=True)
-    merged.save_pretrained(tmp)
-    AutoTokenizer.from_pretrained(base).save_pretrained(tmp)
+    publish(dest, merged, AutoTokenizer.from_pretrained(base))
     for old in root.glob(f"iteration={iteration}-*"):  # earlier versions of this iteration's adapter
-        shutil.rmtree(old, ignore_errors=True)
-    tmp.rename(dest)
+        if old != dest:
+            shutil.rmtree(old, ignore_errors=True)
     return dest

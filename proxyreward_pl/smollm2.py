@@ -15,13 +15,11 @@ import fcntl
 import functools
 import hashlib
 import importlib.util
-import json
-import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
+from .checkpoints import publish
 from .console import say
 from .errors import ProxyRewardError
 from .paths import CACHE_DIR
@@ -92,22 +90,9 @@ def convert(gguf: Path, out: Path) -> Path:
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     del loaded
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
-        tmp.chmod(0o755)  # mkdtemp's 0700 would hide the shared cache from other users
-        tokenizer.save_pretrained(tmp)
-        model.save_pretrained(tmp)
-        info = {"gguf": name, "gguf_identity": gguf_identity(gguf),
-                "parameters": sum(p.numel() for p in model.parameters()),
-                "convert_seconds": round(time.time() - t0, 1)}
-        (tmp / INFO_FILE).write_text(json.dumps(info, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    info = {"gguf": name, "gguf_identity": gguf_identity(gguf),
+            "parameters": sum(p.numel() for p in model.parameters()), "convert_seconds": round(time.time() - t0, 1)}
+    publish(out, model, tokenizer, INFO_FILE, info)
     say(f"smollm2: {info['parameters'] / 1e6:.1f}M parameters converted from {name} in "
           f"{info['convert_seconds']} s -> {out}")
     return out

@@ -13,13 +13,11 @@ import dataclasses
 import hashlib
 import importlib
 import json
-import os
 import random
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
+from .checkpoints import publish
 from .console import say
 from .paths import CACHE_DIR, PROMPTS_DIR, SEED_DIR
 from .settings import TinySettings
@@ -163,20 +161,9 @@ def build(out: Path, config: TinySettings = TinySettings()) -> Path:
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
-        tokenizer.save_pretrained(tmp)
-        model.save_pretrained(tmp)
-        info = {"config": dataclasses.asdict(config), "parameters": sum(p.numel() for p in model.parameters()),
-                "warmup_final_loss": loss, "build_seconds": round(time.time() - t0, 1)}
-        (tmp / "proxyreward_tiny.json").write_text(json.dumps(info, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    info = {"config": dataclasses.asdict(config), "parameters": sum(p.numel() for p in model.parameters()),
+            "warmup_final_loss": loss, "build_seconds": round(time.time() - t0, 1)}
+    publish(out, model, tokenizer, "proxyreward_tiny.json", info)
     say(f"tiny model: {info['parameters'] / 1e6:.2f}M parameters, vocab {len(tokenizer)}, "
           f"warm-up loss {loss if loss is None else round(loss, 3)}, {info['build_seconds']} s -> {out}")
     return out
