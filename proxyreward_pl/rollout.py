@@ -69,6 +69,7 @@ def rollout(
         metrics.update(rollouts=len(rows), questions=questions.height, policy=name, **tokens,
                        mean_tokens=sum(lengths) / len(lengths),
                        hit_token_limit=sum(r["finish_reason"] == "length" for r in rows))
+    speed = f"{tokens['tokens_per_second']:.0f} tokens/s" if tokens["sent"] else "all from the results cache"
     say(f"iteration {iteration}: {len(rows)} rollouts from {name} ({questions.height} questions x {sampling.k}), "
-          f"{tokens['tokens_per_second']:.0f} tokens/s, mean length {metrics['mean_tokens']:.0f} tokens")
+        f"{speed}, mean length {metrics['mean_tokens']:.0f} tokens")
     return dict(metrics)
